@@ -1,0 +1,41 @@
+"""Helpers shared by the conformance tests: dtype/device casting and comparisons with spec tolerances."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from spec.tolerances import assert_close  # noqa: F401  (re-exported for the tests)
+
+
+def on(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """A copy of `t` on `device` (and in `dtype`, for floating tensors)."""
+    if dtype is not None and t.is_floating_point():
+        t = t.to(dtype)
+    return t.to(device)
+
+
+def f32(t: Tensor) -> tuple[Tensor, Tensor]:
+    """(t rounded to float32, the same values in float64).
+
+    Differential tests feed the first to the implementation and the second to the float64 reference, so the
+    comparison measures the implementation's rounding, not the rounding of its inputs.
+    """
+    t32 = t.to(torch.float32)
+    return t32, t32.to(torch.float64)
+
+
+def cpu(t: Tensor) -> Tensor:
+    return t.detach().cpu()
+
+
+def assert_equal(actual: Tensor, expected: Tensor, what: str) -> None:
+    """Exact equality for indices, labels and masks, with a message listing the first differences."""
+    __tracebackhide__ = True
+    a, e = cpu(actual), cpu(expected)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {list(a.shape)} != expected {list(e.shape)}\n"
+                             f"actual   {a.tolist()[:20]}\nexpected {e.tolist()[:20]}")
+    if not torch.equal(a.to(e.dtype), e):
+        diff = (a.to(e.dtype) != e).nonzero().flatten()[:10].tolist()
+        raise AssertionError(f"{what}: differs at {diff}\nactual   {a.tolist()[:20]}\nexpected {e.tolist()[:20]}")

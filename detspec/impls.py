@@ -1,0 +1,115 @@
+"""Implementations under test: resolving ``--impl`` names and wrapping them for the conformance suite.
+
+An implementation is any object with some of the contract's names (``spec.contract.CONTRACT``):
+
+- ``reference`` and ``fast``: detspec's own packages;
+- ``torchvision``: torchvision's ops, for the components it has (an independent oracle);
+- ``module`` or ``module:attribute``: a third-party port (the attribute may be a module, a class instance or
+  any namespace object).
+
+Tests reach the implementation through ``Impl``: ``impl.pairwise_iou(...)``. A name the port lacks raises
+``NotImplementedComponent``, which the plugin reports as "not implemented" for that test's clauses, so a
+partial port never crashes the suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+from spec.contract import CONTRACT
+
+BUILTIN = ("reference", "fast", "torchvision")
+DEFAULT_IMPLS = ("reference", "fast")
+NOT_IMPLEMENTED_PREFIX = "not implemented: "
+
+
+class NotImplementedComponent(Exception):
+    """Raised when a test uses a contract name that the implementation does not provide."""
+
+
+class ImplResolutionError(ValueError):
+    """An --impl value that cannot be imported or resolved."""
+
+
+class Impl:
+    """A named implementation; attribute access to contract names checks that they exist."""
+
+    def __init__(self, name: str, namespace: Any, *, is_reference: bool = False):
+        self.name = name
+        self.namespace = namespace
+        self.is_reference = is_reference
+
+    def has(self, *names: str) -> bool:
+        return all(callable(getattr(self.namespace, n, None)) for n in names)
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if not callable(getattr(self.namespace, n, None))]
+        if missing:
+            raise NotImplementedComponent(", ".join(missing))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = getattr(self.namespace, name, None)
+        if value is None:
+            if name in CONTRACT or name[:1].isupper():
+                raise NotImplementedComponent(name)
+            raise AttributeError(f"{self.name} has no attribute {name!r}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Impl({self.name!r})"
+
+
+def _torchvision_namespace() -> Any:
+    """torchvision's ops under contract names: box_iou, box_area, clip_boxes_to_image, nms, batched_nms."""
+    try:
+        from torchvision import ops
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        raise ImplResolutionError(f"--impl torchvision needs torchvision installed ({exc})") from exc
+
+    def clip_boxes(boxes, image_size):
+        return ops.clip_boxes_to_image(boxes, tuple(image_size))
+
+    return SimpleNamespace(
+        pairwise_iou=ops.box_iou,
+        box_area=ops.box_area,
+        clip_boxes=clip_boxes,
+        nms=ops.nms,
+        batched_nms=ops.batched_nms,
+    )
+
+
+def resolve(spec: str) -> Impl:
+    """Turn an --impl value into an Impl. Raises ImplResolutionError with a message saying what was expected."""
+    spec = spec.strip()
+    if not spec:
+        raise ImplResolutionError("empty --impl value; expected reference, fast, torchvision or module[:attribute]")
+    if spec == "reference":
+        return Impl(spec, importlib.import_module("reference"), is_reference=True)
+    if spec == "fast":
+        return Impl(spec, importlib.import_module("fast"))
+    if spec == "torchvision":
+        return Impl(spec, _torchvision_namespace())
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # ports are usually run from their own folder
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ImplResolutionError(
+            f"cannot import port module {module_name!r} from --impl {spec!r}: {exc!r}. Expected one of "
+            f"{', '.join(BUILTIN)} or an importable 'module' / 'module:attribute'") from exc
+    namespace: Any = module
+    for part in filter(None, attr.split(".")):
+        if not hasattr(namespace, part):
+            raise ImplResolutionError(f"module {module_name!r} has no attribute {attr!r} (from --impl {spec!r})")
+        namespace = getattr(namespace, part)
+    if not any(callable(getattr(namespace, n, None)) for n in CONTRACT):
+        raise ImplResolutionError(f"--impl {spec!r} exposes none of the contract names "
+                                  f"({', '.join(sorted(CONTRACT))})")
+    return Impl(spec, namespace)

@@ -1,0 +1,1 @@
+"""Triton kernels for the fast (non-reference) code paths of detspec."""

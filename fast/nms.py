@@ -1,0 +1,114 @@
+"""NMS and batched NMS without a Python loop over boxes and without an N x N matrix.
+
+Same contract as reference/nms.py (d2-spec §2.14): greedy in descending score order, suppress when
+IoU > threshold (IoU in the boxes' dtype, compared with the threshold in float64), kept indices returned
+in descending score order, groups independent in ``batched_nms``.
+
+Algorithm (device-agnostic torch):
+1. Candidate pairs by sort-and-sweep. IoU(i, j) > t needs an x-overlap ix > t * w_i, because
+   inter <= ix * h_i and union >= w_i * h_i. With boxes sorted by (group, x1), every partner j of i
+   therefore lies in the window x1_i <= x1_j < x1_i + (1 - t) * w_i (widened by a rounding margin), found
+   with one ``searchsorted``. Pairs are expanded with ``repeat_interleave``, and only they get an IoU.
+2. Exact IoU on the candidates with the spec's operation order; edges are the pairs with IoU > t, oriented
+   from the higher-scored box to the lower.
+3. The greedy result is the unique fixed point of keep[v] = not any(keep[u] for edges u -> v); iterating
+   from "all kept" reaches it after at most (longest suppression chain + 1) rounds (Cluster-NMS).
+On CUDA with float32 boxes, plain ``nms`` uses the bitmask Triton kernels in fast/kernels/nms_triton.py.
+
+Shape legend: N boxes, E candidate pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fast.boxes import iou_planes
+from fast.kernels import nms_triton
+from spec import validate as v
+
+# Widening of the candidate window, relative to the box width and coordinate magnitude, in units of the
+# dtype's epsilon: the window test is exact math, the IoU is rounded; the margin keeps every pair whose
+# rounded IoU could exceed the threshold.
+_MARGIN_EPS = 64.0
+
+
+def _check(boxes: Tensor, scores: Tensor, iou_threshold: float) -> float:
+    v.check_boxes(boxes, "boxes")
+    v.check_vector(scores, "scores", boxes.shape[0], floating=True, finite=True)
+    v.check_same_device("boxes", boxes, "scores", scores)
+    return v.check_threshold(iou_threshold, "iou_threshold")
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """[N, 4], [N] -> kept indices int64, descending score."""
+    thr = _check(boxes, scores, iou_threshold)
+    if boxes.is_cuda and boxes.dtype == torch.float32 and nms_triton.TRITON_AVAILABLE:
+        order = torch.sort(scores, descending=True, stable=True).indices
+        return order[nms_triton.nms_sorted_mask(boxes[order].contiguous(), thr)]
+    return _sweep_nms(boxes, scores, None, thr)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each group id; [N, 4], [N], [N] -> kept indices int64, descending score."""
+    thr = _check(boxes, scores, iou_threshold)
+    v.check_vector(groups, "groups", boxes.shape[0], floating=False)
+    v.check_same_device("boxes", boxes, "groups", groups)
+    return _sweep_nms(boxes, scores, groups, thr)
+
+
+def candidate_pairs(boxes: Tensor, groups: Tensor | None, thr: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Candidate pairs as positions in (group, x1) order: (by_x [N], count [N], second [E]).
+
+    Position p pairs with positions p+1 .. p+count[p]; `second` lists those partners run by run, and
+    by_x maps positions to box indices. The pairs contain every same-group pair with IoU > thr.
+    """
+    n = boxes.shape[0]
+    x1, x2 = boxes[:, 0].double(), boxes[:, 2].double()
+    width = x2 - x1
+    key = x1
+    if groups is not None:  # dense group ids, spaced wider than any window, so windows never cross groups
+        dense = torch.unique(groups, return_inverse=True)[1]
+        span = float((x2.max() - x1.min()).item()) + 1.0
+        key = x1 + dense.double() * (2.0 * span)
+    by_x = torch.sort(key, stable=True).indices  # position -> box
+    ks = key[by_x]
+    eps = torch.finfo(boxes.dtype).eps * _MARGIN_EPS
+    margin = eps * (width + x1.abs() + x2.abs()) + 1e-12
+    limit = ks + ((1.0 - thr) * width + margin)[by_x]
+    end = torch.searchsorted(ks, limit, right=True)  # first position past each window
+    pos = torch.arange(n, device=boxes.device)
+    count = (end - pos - 1).clamp_(min=0)  # partners after position p
+    run_start = torch.cumsum(count, 0) - count  # where p's run starts in the pair list
+    # partner of pair e in run p is p + 1 + (e - run_start[p])
+    second = torch.arange(int(count.sum()), device=boxes.device)
+    second += torch.repeat_interleave(pos + 1 - run_start, count)
+    return by_x, count, second
+
+
+def _sweep_nms(boxes: Tensor, scores: Tensor, groups: Tensor | None, thr: float) -> Tensor:
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices  # rank -> box
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=boxes.device)
+    by_x, count, second = candidate_pairs(boxes, groups, thr)
+    c = boxes[by_x].t()  # [4, N] planes in position order
+    planes = torch.cat([c, ((c[2] - c[0]) * (c[3] - c[1]))[None]]).contiguous()  # [5, N]: x1 y1 x2 y2 area
+    a = torch.repeat_interleave(planes, count, dim=1)  # [5, E]: the first box of each pair
+    b = planes.index_select(1, second)  # [5, E]: its partner
+    over = iou_planes(*a, *b).double() > thr
+    rank_by_x = rank[by_x]
+    ri = torch.repeat_interleave(rank_by_x, count)[over]
+    rj = rank_by_x[second[over]]
+    src, dst = torch.minimum(ri, rj), torch.maximum(ri, rj)  # higher score suppresses lower
+    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)  # indexed by rank
+    while True:  # fixed-point rounds, each vectorized over all edges
+        suppressed = torch.zeros_like(keep)
+        suppressed[dst[keep[src]]] = True
+        new_keep = ~suppressed
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return order[keep]

@@ -1,0 +1,165 @@
+"""The clause registry: every statement of the spec under a stable ID.
+
+Conformance tests carry ``@pytest.mark.clause("ID", ...)``; the report is the table of clauses x implementations.
+A clause that no test checks yet is reported as "untested", never silently dropped.
+
+IDs are ``AREA.NAME``. ``source`` cites the seed (``seed RPN part N``), the detectron2 note
+(``d2-spec §x``, i.e. ../shared/notes/detectron2-spec.md) or a detectron2 file. ``components`` names the
+contract functions a port needs for the clause (see ``spec.contract``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Clause:
+    id: str
+    text: str
+    source: str
+    components: tuple[str, ...] = ()
+
+    @property
+    def area(self) -> str:
+        return self.id.split(".", 1)[0]
+
+
+CLAUSES: dict[str, Clause] = {}
+
+
+def register(id: str, text: str, source: str, components: tuple[str, ...] = ()) -> Clause:
+    if id in CLAUSES:
+        raise ValueError(f"clause {id!r} registered twice")
+    if id.count(".") < 1 or id != id.upper():
+        raise ValueError(f"clause id {id!r} must look like AREA.NAME in upper case")
+    CLAUSES[id] = c = Clause(id, text, source, tuple(components))
+    return c
+
+
+def get_clause(id: str) -> Clause:
+    try:
+        return CLAUSES[id]
+    except KeyError:
+        raise KeyError(f"unknown clause {id!r}; registered areas: {sorted({c.area for c in CLAUSES.values()})}") from None
+
+
+# ------------------------------------------------------------------------------------------------ boxes
+register("BOX.IOU_NO_PLUS_ONE", "IoU uses width = x2 - x1 and height = y2 - y1, with no +1", "d2-spec §2.4",
+         ("pairwise_iou",))
+register("BOX.IOU_ZERO_NO_OVERLAP", "IoU is exactly 0 when boxes do not overlap (touching edges included)",
+         "d2-spec §2.4", ("pairwise_iou",))
+register("BOX.IOU_RANGE", "IoU lies in [0, 1], is symmetric, and is 1 for identical non-empty boxes",
+         "d2-spec §2.4", ("pairwise_iou",))
+register("BOX.AREA", "area = (x2 - x1) * (y2 - y1)", "d2-spec §2.4", ("box_area",))
+register("BOX.CLIP", "clip(h, w) clamps x to [0, w] and y to [0, h]; non-finite boxes are an error",
+         "d2-spec §2.4", ("clip_boxes",))
+register("BOX.NONEMPTY", "nonempty(t) keeps a box when width > t and height > t (strict)", "d2-spec §2.4",
+         ("nonempty",))
+register("BOX.ENCODE", "encode gives dx = wx(cx_t-cx_s)/w_s, dy = wy(cy_t-cy_s)/h_s, dw = ww ln(w_t/w_s), "
+         "dh = wh ln(h_t/h_s)", "d2-spec §2.7", ("encode_boxes",))
+register("BOX.DECODE_INVERSE", "decode(encode(t)) == t while |dw|, |dh| stay within the clamp", "d2-spec §2.7",
+         ("encode_boxes", "decode_boxes"))
+register("BOX.DECODE_CLAMP", "decode clamps dw and dh from above only, at log(1000/16); dx, dy are not clamped",
+         "d2-spec §2.7", ("decode_boxes",))
+register("BOX.DECODE_INTERLEAVED", "decode of [N, 4K] deltas is class-interleaved: columns 4c..4c+3 are class c",
+         "d2-spec §2.7", ("decode_boxes",))
+register("BOX.EMPTY", "empty box sets are valid: IoU of [0,4] x [M,4] is [0,M]; area, clip, nonempty, encode "
+         "and decode of no boxes give empty results", "DESIGN.md conventions",
+         ("pairwise_iou", "box_area", "clip_boxes", "nonempty", "encode_boxes", "decode_boxes"))
+register("BOX.ERRORS", "bad input (not a tensor, integer dtype, wrong shape, NaN/inf, x2 < x1, zero-size "
+         "encode source, mismatched rows) raises TypeError/ValueError naming the argument",
+         "DESIGN.md conventions", ("pairwise_iou", "clip_boxes", "encode_boxes", "decode_boxes"))
+register("BOX.WEIGHTS", "RPN box weights are (1, 1, 1, 1); the box head's are (10, 10, 5, 5)", "d2-spec §1.4, §1.5",
+         ("encode_boxes",))
+
+# ------------------------------------------------------------------------------------------------ anchors
+register("ANCHOR.CELL_COUNT", "15 cell anchors = 3 aspect ratios x 5 levels (P2-P6)", "seed RPN part 2",
+         ("cell_anchors",))
+register("ANCHOR.CELL_SHAPE", "a cell anchor of size s and ratio a = h/w has w = sqrt(s^2/a), h = a*w, "
+         "centred at 0; area is exactly s^2", "d2-spec §2.3", ("cell_anchors",))
+register("ANCHOR.CELL_ORDER", "cell anchors are ordered size-major, then ratio (0.5, 1, 2)", "d2-spec §2.3",
+         ("cell_anchors",))
+register("ANCHOR.CELL_ROUNDING", "the detectron2 profile does not round cell anchors; the torchvision profile "
+         "rounds them to integers", "d2-spec §2.3; torchvision anchor_utils", ("cell_anchors",))
+register("ANCHOR.PER_LEVEL_COUNT", "each level has 3 * H * W anchors (one per ratio at every grid point)",
+         "seed RPN part 2", ("grid_anchors",))
+register("ANCHOR.GRID_ORDER", "anchors are flattened in level, y, x, anchor order", "d2-spec §2.3",
+         ("grid_anchors",))
+register("ANCHOR.OFFSET", "with offset 0.0 the anchor centres sit at (x*stride, y*stride)", "d2-spec §1.3",
+         ("grid_anchors",))
+register("ANCHOR.ERRORS", "non-positive sizes or ratios, negative feature sizes and mismatched level lists "
+         "raise ValueError", "DESIGN.md conventions", ("cell_anchors", "grid_anchors"))
+register("ANCHOR.TOTAL_800X1216", "an 800x1216 input gives 60800/15200/3800/950/247 locations, 242,991 anchors",
+         "d2-spec §3", ("grid_anchors",))
+
+# ------------------------------------------------------------------------------------------------ matcher
+register("MATCH.THRESHOLDS", "RPN matching: IoU >= 0.7 -> 1 (foreground), < 0.3 -> 0 (background), "
+         "otherwise -1 (ignored)", "seed RPN part 3; defaults.py RPN.IOU_THRESHOLDS", ("match",))
+register("MATCH.HALF_OPEN", "label intervals are half-open [low, high): a value equal to a threshold takes the "
+         "upper label", "d2-spec §2.5", ("match",))
+register("MATCH.CONFIGURABLE", "thresholds and labels are parameters (ROI heads: 0.5 with labels 0/1)",
+         "d2-spec §1.5", ("match",))
+register("MATCH.ARGMAX", "each prediction is matched to the GT with the highest quality", "d2-spec §2.5",
+         ("match",))
+register("MATCH.LOW_QUALITY", "allow_low_quality_matches labels 1 every prediction that ties (exactly) a GT's "
+         "best quality; its matched index is not changed", "d2-spec §2.5; matcher.py", ("match",))
+register("MATCH.EMPTY", "with no GT or no predictions every prediction gets index 0 and labels[0]", "d2-spec §2.5",
+         ("match",))
+register("MATCH.EXAMPLE", "the 3x4 example gives matches [1, 1, 2, 0] and labels [-1, 1, 0, 1]",
+         "tests/modeling/test_matcher.py", ("match",))
+register("MATCH.ERRORS", "bad input (non-float or non-2-D quality, NaN, negative quality, unsorted thresholds, "
+         "wrong label count) raises TypeError/ValueError", "DESIGN.md conventions", ("match",))
+register("MATCH.FUSED_IOU", "a fused IoU+match over boxes equals pairwise_iou followed by match",
+         "d2-spec §2.8", ("iou_match",))
+
+# ------------------------------------------------------------------------------------------------ sampling
+register("SAMPLE.COUNTS", "num_pos = min(#pos, int(num_samples * positive_fraction)); "
+         "num_neg = min(#neg, num_samples - num_pos)", "d2-spec §2.6", ("subsample_labels",))
+register("SAMPLE.POOLS", "positives are labels not in {-1, bg_label}; negatives equal bg_label; each index is "
+         "drawn at most once", "d2-spec §2.6", ("subsample_labels",))
+register("SAMPLE.RPN", "RPN samples 256 anchors per image with at most half positive", "d2-spec §1.4",
+         ("subsample_labels",))
+register("SAMPLE.ROI", "ROI heads sample 512 proposals per image with at most 25% foreground", "d2-spec §1.5",
+         ("subsample_labels",))
+register("SAMPLE.ERRORS", "bad input (float or 2-D labels, negative num_samples, fraction outside [0, 1], a "
+         "generator that is not a torch.Generator) raises TypeError/ValueError", "DESIGN.md conventions",
+         ("subsample_labels",))
+register("SAMPLE.GENERATOR", "sampling draws only from the given torch.Generator: same seed, same sample",
+         "DESIGN.md conventions", ("subsample_labels",))
+
+# ------------------------------------------------------------------------------------------------ nms
+register("NMS.STRICT", "NMS suppresses a box when IoU > threshold (strictly greater; the IoU in the boxes' "
+         "dtype is compared with the threshold as a real number, as torchvision's CPU kernel does)",
+         "d2-spec §2.14", ("nms",))
+register("NMS.ORDER", "kept indices are returned in descending score order", "d2-spec §2.14", ("nms",))
+register("NMS.GREEDY", "NMS equals greedy suppression by higher-scored kept boxes", "d2-spec §2.14", ("nms",))
+register("NMS.EMPTY", "NMS of no boxes returns an empty int64 tensor", "DESIGN.md conventions",
+         ("nms", "batched_nms"))
+register("NMS.ERRORS", "bad input (wrong shapes, NaN boxes or scores, x2 < x1, integer dtypes, a threshold "
+         "outside [0, 1]) raises TypeError/ValueError naming the argument", "DESIGN.md conventions",
+         ("nms", "batched_nms"))
+register("NMS.BATCHED", "batched_nms runs NMS independently per group and merges by descending score",
+         "d2-spec §2.14", ("batched_nms",))
+
+# ------------------------------------------------------------------------------------------------ RPN (issue 3)
+register("RPN.HEAD", "the RPN head is a 3x3 256->256 conv with ReLU, a 1x1 conv to 3 objectness logits and a "
+         "1x1 conv to 12 deltas", "seed RPN part 1", ("RPNHead",))
+register("RPN.LOSS_NORMALIZER", "both RPN losses are divided by 256 x the number of images",
+         "d2-spec §2.8", ("RPN",))
+register("RPN.LOSS_CLS", "objectness loss is BCE-with-logits over anchors labelled 0 or 1 only", "d2-spec §2.8",
+         ("RPN",))
+register("RPN.LOSS_LOC", "localization loss is L1 (smooth-L1, beta 0) over foreground anchors only",
+         "d2-spec §2.8", ("RPN",))
+register("PROPOSAL.PRE_NMS_TOPK", "the top 1000 (test) / 2000 (train) anchors by logit are taken per level",
+         "d2-spec §2.9", ("select_proposals",))
+register("PROPOSAL.NMS_PER_LEVEL", "proposal NMS at 0.7 runs independently per level", "d2-spec §2.9",
+         ("select_proposals",))
+register("PROPOSAL.POST_NMS_TOPK", "at most 1000 proposals per image are kept, sorted by score",
+         "seed RPN part 5; d2-spec §2.9", ("select_proposals",))
+
+# ------------------------------------------------------------------------------------------------ ROI (issue 4)
+register("ROI.LEVELS", "ROIs are pooled from P2-P5 only; P6 is never pooled", "Base-RCNN-FPN.yaml ROI_HEADS",
+         ("assign_levels",))
+register("ROI.LEVEL_FORMULA", "level = floor(4 + log2(sqrt(area)/224 + 1e-8)) clamped to [2, 5]",
+         "d2-spec §2.11", ("assign_levels",))

@@ -1,0 +1,117 @@
+"""Input validation that is part of the contract: which inputs are errors, and which message they give.
+
+Invalid input raises TypeError (wrong type or dtype) or ValueError (wrong shape, NaN/inf where the spec
+forbids it, negative sizes), with a message naming the argument and what was expected. Empty inputs are
+valid and follow each function's documented result.
+
+Value checks (finiteness, negative sizes) read tensor values, which is a host sync on CUDA. Code that must
+stay sync-free (CUDA-graph capture) wraps calls in ``value_checks(False)``; shape and dtype checks remain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+_VALUE_CHECKS = True
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turn value-reading checks (NaN, inf, negative sizes) on or off inside the block."""
+    global _VALUE_CHECKS
+    previous, _VALUE_CHECKS = _VALUE_CHECKS, enabled
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS = previous
+
+
+def value_checks_enabled() -> bool:
+    return _VALUE_CHECKS
+
+
+def check_tensor(t: object, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_float(t: object, name: str) -> Tensor:
+    t = check_tensor(t, name)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    return t
+
+
+def check_finite(t: Tensor, name: str) -> None:
+    if _VALUE_CHECKS and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+        raise ValueError(f"{name} contains NaN or inf (first at index {bad})")
+
+
+def check_boxes(t: object, name: str, *, finite: bool = True, ordered: bool = True, cols: int = 4) -> Tensor:
+    """A float [N, cols] box tensor; optionally finite and with x2 >= x1, y2 >= y1."""
+    t = check_float(t, name)
+    if t.dim() != 2 or t.shape[1] != cols:
+        raise ValueError(f"{name} must have shape [N, {cols}], got {list(t.shape)}")
+    if finite:
+        check_finite(t, name)
+    if ordered and _VALUE_CHECKS and t.numel():
+        neg = (t[:, 2] < t[:, 0]) | (t[:, 3] < t[:, 1])
+        if bool(neg.any()):
+            i = int(neg.nonzero()[0, 0])
+            raise ValueError(f"{name} has a negative width or height at row {i}: {t[i].tolist()} "
+                             "(expected XYXY with x2 >= x1 and y2 >= y1)")
+    return t
+
+
+def check_vector(t: object, name: str, length: int, *, floating: bool | None = None, finite: bool = False) -> Tensor:
+    """A 1-D tensor of the given length; floating=True/False requires a float/integer dtype."""
+    t = check_tensor(t, name)
+    if floating is True and not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    if floating is False and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != length:
+        raise ValueError(f"{name} must have shape [{length}], got {list(t.shape)}")
+    if finite:
+        check_finite(t, name)
+    return t
+
+
+def check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
+
+
+def check_threshold(value: object, name: str, low: float = 0.0, high: float = 1.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not (low <= v <= high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {v}")
+    return v
+
+
+def check_weights(weights: Sequence[float], name: str = "weights") -> tuple[float, float, float, float]:
+    w = tuple(float(x) for x in weights)
+    if len(w) != 4 or not all(x > 0 for x in w):
+        raise ValueError(f"{name} must be 4 positive numbers (wx, wy, ww, wh), got {weights!r}")
+    return w  # type: ignore[return-value]
+
+
+def check_match_args(thresholds: Sequence[float], labels: Sequence[int]) -> tuple[list[float], list[int]]:
+    """Thresholds sorted ascending and one more label than thresholds, labels in {-1, 0, 1}."""
+    th = [float(t) for t in thresholds]
+    lb = [int(x) for x in labels]
+    if any(b < a for a, b in zip(th, th[1:])):
+        raise ValueError(f"thresholds must be sorted ascending, got {th}")
+    if len(lb) != len(th) + 1:
+        raise ValueError(f"labels must have len(thresholds) + 1 = {len(th) + 1} entries, got {len(lb)}")
+    if any(x not in (-1, 0, 1) for x in lb):
+        raise ValueError(f"labels must be in {{-1, 0, 1}}, got {lb}")
+    return th, lb

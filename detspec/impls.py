@@ -20,7 +20,7 @@ import sys
 from types import SimpleNamespace
 from typing import Any
 
-from spec.contract import CONTRACT
+from spec.contract import CONTRACT, PLANNED
 
 BUILTIN = ("reference", "fast", "torchvision")
 DEFAULT_IMPLS = ("reference", "fast")
@@ -56,7 +56,7 @@ class Impl:
             raise AttributeError(name)
         value = getattr(self.namespace, name, None)
         if value is None:
-            if name in CONTRACT or name[:1].isupper():
+            if name in CONTRACT or name in PLANNED:
                 raise NotImplementedComponent(name)
             raise AttributeError(f"{self.name} has no attribute {name!r}")
         return value

@@ -67,9 +67,9 @@ def candidate_pairs(boxes: Tensor, groups: Tensor | None, thr: float) -> tuple[T
     x1, x2 = boxes[:, 0].double(), boxes[:, 2].double()
     width = x2 - x1
     key = x1
-    if groups is not None:  # dense group ids, spaced wider than any window, so windows never cross groups
+    if groups is not None and n:  # dense group ids, spaced wider than any window: windows never cross groups
         dense = torch.unique(groups, return_inverse=True)[1]
-        span = float((x2.max() - x1.min()).item()) + 1.0
+        span = (x2.max() - x1.min()) + 1.0  # a 0-d tensor: no host sync
         key = x1 + dense.double() * (2.0 * span)
     by_x = torch.sort(key, stable=True).indices  # position -> box
     ks = key[by_x]

@@ -41,7 +41,8 @@ def get_clause(id: str) -> Clause:
     try:
         return CLAUSES[id]
     except KeyError:
-        raise KeyError(f"unknown clause {id!r}; registered areas: {sorted({c.area for c in CLAUSES.values()})}") from None
+        areas = sorted({c.area for c in CLAUSES.values()})
+        raise KeyError(f"unknown clause {id!r}; registered areas: {areas}") from None
 
 
 # ------------------------------------------------------------------------------------------------ boxes

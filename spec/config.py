@@ -107,7 +107,8 @@ SCALE_CLAMP = math.log(1000.0 / 16)  # box_regression.py _DEFAULT_SCALE_CLAMP = 
 
 @dataclass(frozen=True)
 class BoxCoderConfig:
-    weights: tuple[float, float, float, float]
+    weights: tuple[float, float, float, float] = field(
+        metadata={"source": "BBOX_REG_WEIGHTS of the owning head (rpn.box_coder, box_head.box_coder)"})
     scale_clamp: float = cited(SCALE_CLAMP, "modeling/box_regression.py: log(1000/16), dw/dh from above only")
 
 

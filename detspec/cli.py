@@ -23,8 +23,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="detspec-check-") as tmp:
         report_path = Path(args.report) if args.report else Path(tmp) / "clauses.json"
-        argv = ["--pyargs", "detspec.conformance", "-p", "no:cacheprovider", "-q", "--no-header",
-                f"--clause-report={report_path}", f"--device={args.device}", "-o", "addopts="]
+        argv = ["--pyargs", "detspec.conformance", "-p", "no:cacheprovider", "-p", "no:benchmark", "-q",
+                "--no-header", "-rfE", f"--clause-report={report_path}", f"--device={args.device}", "-o", "addopts="]
+        # conformance runs are reproducible: derandomized examples and no example database in the cwd
+        os.environ.setdefault("HYPOTHESIS_PROFILE", "ci")
         if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
             argv[0:0] = ["-p", "detspec.plugin", "-p", "hypothesis"]
         for name in args.impl or []:
@@ -37,6 +39,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"detspec check: running the conformance suite ({' '.join(argv)})", flush=True)
         code = pytest.main(argv)
         if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.INTERRUPTED):
+            return 2
+        if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+            print("detspec check: no conformance test matched (check -k)", file=sys.stderr)
             return 2
         if not report_path.exists():
             print("detspec check: no report was written (no tests collected?)", file=sys.stderr)

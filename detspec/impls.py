@@ -15,6 +15,7 @@ partial port never crashes the suite.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from types import SimpleNamespace
@@ -84,6 +85,18 @@ def _torchvision_namespace() -> Any:
     )
 
 
+def _import_file(path: str) -> Any:
+    file = os.path.abspath(path)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(file)
+    name = os.path.splitext(os.path.basename(file))[0]
+    module_spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def resolve(spec: str) -> Impl:
     """Turn an --impl value into an Impl. Raises ImplResolutionError with a message saying what was expected."""
     spec = spec.strip()
@@ -96,10 +109,13 @@ def resolve(spec: str) -> Impl:
     if spec == "torchvision":
         return Impl(spec, _torchvision_namespace())
     module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:  # ports are usually run from their own folder
-        sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:  # ports are usually run from their own folder (appended: detspec's
+        sys.path.append(os.getcwd())  # own spec/reference/fast packages keep precedence)
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):  # a file path
+            module = _import_file(module_name)
+        else:
+            module = importlib.import_module(module_name)
     except Exception as exc:
         raise ImplResolutionError(
             f"cannot import port module {module_name!r} from --impl {spec!r}: {exc!r}. Expected one of "

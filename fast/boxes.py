@@ -31,11 +31,12 @@ def _area(boxes: Tensor) -> Tensor:
 
 
 def iou_planes(x1: Tensor, y1: Tensor, x2: Tensor, y2: Tensor, area: Tensor,
-               bx1: Tensor, by1: Tensor, bx2: Tensor, by2: Tensor, barea: Tensor) -> Tensor:
+               bx1: Tensor, by1: Tensor, bx2: Tensor, by2: Tensor, barea: Tensor, zero_nan: bool = True) -> Tensor:
     """IoU of broadcastable coordinate planes; zero where the boxes do not overlap.
 
     The operation order is the spec's: inter = clamp(min x2 - max x1, 0) * clamp(min y2 - max y1, 0);
-    union = (area1 + area2) - inter; iou = inter / union (0/0 for two empty boxes is mapped to 0).
+    union = (area1 + area2) - inter; iou = inter / union. 0/0 (two empty boxes) is NaN unless `zero_nan`
+    maps it to 0; callers that only compare with "> t" can skip that pass (NaN > t is False).
     """
     w = torch.minimum(x2, bx2)
     w.sub_(torch.maximum(x1, bx1)).clamp_(min=0)
@@ -45,7 +46,7 @@ def iou_planes(x1: Tensor, y1: Tensor, x2: Tensor, y2: Tensor, area: Tensor,
     union = area + barea
     union.sub_(inter)
     iou = inter.div_(union)
-    return iou.nan_to_num_(nan=0.0)  # only 0/0 (both boxes empty, no overlap) is NaN here
+    return iou.nan_to_num_(nan=0.0) if zero_nan else iou  # only 0/0 (both boxes empty) is NaN here
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

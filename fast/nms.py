@@ -86,6 +86,19 @@ def candidate_pairs(boxes: Tensor, groups: Tensor | None, thr: float) -> tuple[T
     return by_x, count, second
 
 
+def _threshold_in(dtype: torch.dtype, thr: float) -> Tensor:
+    """The largest value of `dtype` that is <= thr, as a 0-d tensor.
+
+    For a value x of that dtype, x > thr (as real numbers) iff x > this bound: either thr is representable,
+    or no value of the dtype lies between the bound and thr. Comparing in the boxes' dtype this way gives
+    the float64 comparison the spec asks for without converting every IoU to float64.
+    """
+    t = torch.tensor(thr, dtype=dtype)
+    if float(t) > thr:
+        t = torch.nextafter(t, torch.tensor(float("-inf"), dtype=dtype))
+    return t
+
+
 def _sweep_nms(boxes: Tensor, scores: Tensor, groups: Tensor | None, thr: float) -> Tensor:
     n = boxes.shape[0]
     if n == 0:
@@ -98,7 +111,8 @@ def _sweep_nms(boxes: Tensor, scores: Tensor, groups: Tensor | None, thr: float)
     planes = torch.cat([c, ((c[2] - c[0]) * (c[3] - c[1]))[None]]).contiguous()  # [5, N]: x1 y1 x2 y2 area
     a = torch.repeat_interleave(planes, count, dim=1)  # [5, E]: the first box of each pair
     b = planes.index_select(1, second)  # [5, E]: its partner
-    over = iou_planes(*a, *b).double() > thr
+    iou = iou_planes(*a, *b, zero_nan=False)
+    over = iou > _threshold_in(iou.dtype, thr) if iou.dtype in (torch.float32, torch.float64) else iou.double() > thr
     rank_by_x = rank[by_x]
     ri = torch.repeat_interleave(rank_by_x, count)[over]
     rj = rank_by_x[second[over]]

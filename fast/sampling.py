@@ -45,7 +45,8 @@ def subsample_masks(labels: Tensor, num_samples: int = _RPN.batch_size_per_image
     pos_pool = (labels != -1) & (labels != bg_label)
     neg_pool = labels == bg_label
     gen_device = generator.device if generator is not None else labels.device
-    keys = torch.rand(n, generator=generator, device=gen_device).to(labels.device)  # [P] in [0, 1)
+    # float64 keys: 53 random bits, so ties (which topk would break by position) are negligible
+    keys = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64).to(labels.device)  # [P]
     pos = _take_top(keys, pos_pool, min(n, int(num_samples * positive_fraction)))
     neg_cap = num_samples - pos.sum()  # a tensor: no host sync
     neg = _take_top(keys, neg_pool, min(n, num_samples), cap=neg_cap)

@@ -28,7 +28,8 @@ def match(quality: Tensor, thresholds: Sequence[float] = _RPN.iou_thresholds,
     """quality [G, P] (entries >= 0) -> (matched GT index int64 [P], label int8 [P]).
 
     1. Each prediction takes the GT of highest quality (first index among equal values).  # MATCH.ARGMAX
-    2. Its label is labels[i] for the interval [low_i, high_i) holding that quality.       # MATCH.HALF_OPEN
+    2. Its label is labels[i] for the interval [low_i, high_i) holding that quality,
+       compared in the quality tensor's dtype (as detectron2's tensor >= float does).    # MATCH.HALF_OPEN
     3. allow_low_quality_matches: for every GT, each prediction whose quality with that GT exactly equals
        the GT's best quality is labelled 1; its matched index is left unchanged.          # MATCH.LOW_QUALITY
     Empty GT or empty predictions: index 0 and labels[0] for every prediction.            # MATCH.EMPTY
@@ -70,4 +71,6 @@ def iou_match(gt_boxes: Tensor, boxes: Tensor, thresholds: Sequence[float] = _RP
               labels: Sequence[int] = _RPN.iou_labels,
               allow_low_quality_matches: bool = _RPN.allow_low_quality_matches) -> tuple[Tensor, Tensor]:
     """match(pairwise_iou(gt_boxes [G, 4], boxes [P, 4]), ...): the RPN's anchor labelling.  # MATCH.FUSED_IOU"""
+    v.check_boxes(gt_boxes, "gt_boxes")
+    v.check_boxes(boxes, "boxes")
     return match(pairwise_iou(gt_boxes, boxes), thresholds, labels, allow_low_quality_matches)

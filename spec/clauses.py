@@ -82,7 +82,8 @@ register("ANCHOR.CELL_SHAPE", "a cell anchor of size s and ratio a = h/w has w =
 register("ANCHOR.CELL_ORDER", "cell anchors are ordered size-major, then ratio (0.5, 1, 2)", "d2-spec §2.3",
          ("cell_anchors",))
 register("ANCHOR.CELL_ROUNDING", "the detectron2 profile does not round cell anchors; the torchvision profile "
-         "rounds them to integers", "d2-spec §2.3; torchvision anchor_utils", ("cell_anchors",))
+         "rounds them to integers (halves to even, as torch.round)", "d2-spec §2.3; torchvision anchor_utils",
+         ("cell_anchors",))
 register("ANCHOR.PER_LEVEL_COUNT", "each level has 3 * H * W anchors (one per ratio at every grid point)",
          "seed RPN part 2", ("grid_anchors",))
 register("ANCHOR.GRID_ORDER", "anchors are flattened in level, y, x, anchor order", "d2-spec §2.3",
@@ -98,7 +99,8 @@ register("ANCHOR.TOTAL_800X1216", "an 800x1216 input gives 60800/15200/3800/950/
 register("MATCH.THRESHOLDS", "RPN matching: IoU >= 0.7 -> 1 (foreground), < 0.3 -> 0 (background), "
          "otherwise -1 (ignored)", "seed RPN part 3; defaults.py RPN.IOU_THRESHOLDS", ("match",))
 register("MATCH.HALF_OPEN", "label intervals are half-open [low, high): a value equal to a threshold takes the "
-         "upper label", "d2-spec §2.5", ("match",))
+         "upper label; the comparison is in the quality tensor's dtype (float32(0.7) >= 0.7 in float32)",
+         "d2-spec §2.5; matcher.py", ("match",))
 register("MATCH.CONFIGURABLE", "thresholds and labels are parameters (ROI heads: 0.5 with labels 0/1)",
          "d2-spec §1.5", ("match",))
 register("MATCH.ARGMAX", "each prediction is matched to the GT with the highest quality", "d2-spec §2.5",
@@ -110,7 +112,8 @@ register("MATCH.EMPTY", "with no GT or no predictions every prediction gets inde
 register("MATCH.EXAMPLE", "the 3x4 example gives matches [1, 1, 2, 0] and labels [-1, 1, 0, 1]",
          "tests/modeling/test_matcher.py", ("match",))
 register("MATCH.ERRORS", "bad input (non-float or non-2-D quality, NaN, negative quality, unsorted thresholds, "
-         "wrong label count) raises TypeError/ValueError", "DESIGN.md conventions", ("match",))
+         "wrong label count; bad gt_boxes/boxes for iou_match) raises TypeError/ValueError", "DESIGN.md conventions",
+         ("match", "iou_match"))
 register("MATCH.FUSED_IOU", "a fused IoU+match over boxes equals pairwise_iou followed by match",
          "d2-spec §2.8", ("iou_match",))
 

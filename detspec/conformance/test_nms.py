@@ -123,11 +123,8 @@ def test_batched_equals_per_group_greedy(impl, device, data, thr):
     assert_equal(actual, torch.tensor(expected, dtype=torch.int64), f"batched_nms at {thr}")
 
 
-@pytest.mark.clause("NMS.GREEDY", "NMS.BATCHED")
-@given(st.integers(0, 2**31 - 1), st.integers(1, 300), st.sampled_from([ROI_NMS, RPN_NMS]))
-def test_matches_torchvision_with_many_overlaps(impl, device, seed, n, thr):
-    """Cross-check against torchvision.ops on clustered boxes (many IoUs above the threshold)."""
-    tv_ops = pytest.importorskip("torchvision.ops")
+def clustered(seed: int, n: int):
+    """n boxes around 8 centres (many IoUs above 0.5 and 0.7), distinct scores, 5 group ids."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(8, 2, generator=g) * 600
     which = torch.randint(0, 8, (n,), generator=g)
@@ -135,18 +132,38 @@ def test_matches_torchvision_with_many_overlaps(impl, device, seed, n, thr):
     size = 40 + torch.rand(n, 2, generator=g) * 60
     boxes = torch.cat([ctr - size / 2, ctr + size / 2], dim=1)
     scores = (torch.randperm(n, generator=g).float() + 1) / (n + 1)  # distinct
-    groups = torch.randint(0, 5, (n,), generator=g)
+    return boxes, scores, torch.randint(0, 5, (n,), generator=g)
+
+
+@pytest.mark.clause("NMS.GREEDY")
+@given(st.integers(0, 2**31 - 1), st.integers(1, 300), st.sampled_from([ROI_NMS, RPN_NMS]))
+def test_nms_matches_torchvision_with_many_overlaps(impl, device, seed, n, thr):
+    """Cross-check against torchvision.ops.nms on clustered boxes."""
+    tv_ops = pytest.importorskip("torchvision.ops")
+    boxes, scores, _ = clustered(seed, n)
     assert_equal(impl.nms(on(boxes, device), on(scores, device), thr), tv_ops.nms(boxes, scores, thr), "nms")
+
+
+@pytest.mark.clause("NMS.BATCHED")
+@given(st.integers(0, 2**31 - 1), st.integers(1, 300), st.sampled_from([ROI_NMS, RPN_NMS]))
+def test_batched_nms_matches_torchvision_with_many_overlaps(impl, device, seed, n, thr):
+    """Cross-check against torchvision.ops.batched_nms on clustered boxes in 5 groups."""
+    tv_ops = pytest.importorskip("torchvision.ops")
+    boxes, scores, groups = clustered(seed, n)
     assert_equal(impl.batched_nms(on(boxes, device), on(scores, device), on(groups, device), thr),
                  tv_ops.batched_nms(boxes, scores, groups, thr), "batched_nms")
 
 
 # ------------------------------------------------------------------------------------------- empty and bad input
 @pytest.mark.clause("NMS.EMPTY")
-def test_empty(impl, device):
-    boxes, scores = torch.zeros(0, 4, device=device), torch.zeros(0, device=device)
-    keep = impl.nms(boxes, scores, RPN_NMS)
+def test_nms_empty(impl, device):
+    keep = impl.nms(torch.zeros(0, 4, device=device), torch.zeros(0, device=device), RPN_NMS)
     assert keep.shape == (0,) and keep.dtype == torch.int64
+
+
+@pytest.mark.clause("NMS.EMPTY")
+def test_batched_nms_empty(impl, device):
+    boxes, scores = torch.zeros(0, 4, device=device), torch.zeros(0, device=device)
     keep = impl.batched_nms(boxes, scores, torch.zeros(0, dtype=torch.int64, device=device), RPN_NMS)
     assert keep.shape == (0,) and keep.dtype == torch.int64
 
@@ -172,9 +189,13 @@ def test_nms_rejects_bad_types(impl, device):
         impl.nms(torch.tensor([[0, 0, 1, 1]], device=device), T([0.5], device), 0.5)  # integer boxes
     with pytest.raises(TypeError, match="scores"):
         impl.nms(T([[0, 0, 1, 1]], device), torch.tensor([1], device=device), 0.5)  # integer scores
+    keep = impl.nms(T([[0, 0, 1, 1]], device, torch.float64), T([0.5], device, torch.float64), 0.5)
+    assert cpu(keep).tolist() == [0]  # float64 is a valid dtype
+
+
+@pytest.mark.clause("NMS.ERRORS")
+def test_batched_nms_rejects_bad_groups(impl, device):
     with pytest.raises(TypeError, match="groups"):
         impl.batched_nms(T([[0, 0, 1, 1]], device), T([0.5], device), T([0.0], device), 0.5)  # float groups
     with pytest.raises(ValueError, match="groups"):
         impl.batched_nms(T([[0, 0, 1, 1]], device), T([0.5], device), torch.tensor([0, 1], device=device), 0.5)
-    keep = impl.nms(T([[0, 0, 1, 1]], device, torch.float64), T([0.5], device, torch.float64), 0.5)
-    assert cpu(keep).tolist() == [0]  # float64 is a valid dtype

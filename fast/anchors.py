@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from spec import validate as v
 from spec.config import BASE_RCNN_FPN
 
 _ANCHORS = BASE_RCNN_FPN.anchors
@@ -38,15 +39,9 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], round_t
 def grid_anchors(feature_sizes: Sequence[tuple[int, int]], strides: Sequence[int], cell_anchors: Sequence[Tensor],
                  offset: float = _ANCHORS.offset) -> list[Tensor]:
     """One [Hi * Wi * A, 4] tensor per level, in (y, x, anchor) order."""
-    if not (len(feature_sizes) == len(strides) == len(cell_anchors)):
-        raise ValueError(f"feature_sizes, strides and cell_anchors must have one entry per level, got "
-                         f"{len(feature_sizes)}, {len(strides)} and {len(cell_anchors)}")
+    v.check_grid_args(feature_sizes, strides, cell_anchors)
     out = []
     for (height, width), stride, cells in zip(feature_sizes, strides, cell_anchors):
-        if height < 0 or width < 0:
-            raise ValueError(f"feature sizes must be non-negative, got {(height, width)}")
-        if cells.dim() != 2 or cells.shape[1] != 4:
-            raise ValueError(f"cell anchors must have shape [A, 4], got {list(cells.shape)}")
         kw = dict(dtype=cells.dtype, device=cells.device)
         sx = (torch.arange(width, **kw) + offset) * stride  # [Wi]
         sy = (torch.arange(height, **kw) + offset) * stride  # [Hi]

@@ -81,10 +81,7 @@ def nonempty(boxes: Tensor, threshold: float = 0.0) -> Tensor:
 def encode_boxes(src: Tensor, target: Tensor, weights: Sequence[float]) -> Tensor:
     """[N, 4] src and target -> [N, 4] deltas (dx, dy, dw, dh) scaled by the weights."""
     w = v.check_weights(weights)
-    v.check_boxes(src, "src")
-    v.check_boxes(target, "target")
-    if src.shape != target.shape:
-        raise ValueError(f"src and target must have the same shape, got {list(src.shape)} and {list(target.shape)}")
+    v.check_encode_args(src, target)
     src_wh = src[:, 2:] - src[:, :2]  # [N, 2]
     if v.value_checks_enabled() and src.numel() and not bool((src_wh > 0).all()):
         raise ValueError("src boxes must have positive width and height (got a zero-size src box)")
@@ -101,12 +98,7 @@ def decode_boxes(deltas: Tensor, boxes: Tensor, weights: Sequence[float],
                  scale_clamp: float = SCALE_CLAMP) -> Tensor:
     """[N, 4K] class-interleaved deltas on [N, 4] boxes -> [N, 4K]; dw, dh clamped from above only."""
     w = v.check_weights(weights)
-    v.check_float(deltas, "deltas")
-    if deltas.dim() != 2 or deltas.shape[1] % 4 != 0:
-        raise ValueError(f"deltas must have shape [N, 4K], got {list(deltas.shape)}")
-    v.check_boxes(boxes, "boxes")
-    if deltas.shape[0] != boxes.shape[0]:
-        raise ValueError(f"deltas has {deltas.shape[0]} rows but boxes has {boxes.shape[0]}")
+    v.check_decode_args(deltas, boxes)
     dtype = torch.promote_types(deltas.dtype, boxes.dtype)
     n, k = deltas.shape[0], deltas.shape[1] // 4
     d = deltas.to(dtype).reshape(n, k, 4)  # [N, K, 4]

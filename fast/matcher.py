@@ -44,12 +44,7 @@ def match(quality: Tensor, thresholds: Sequence[float] = _RPN.iou_thresholds,
           allow_low_quality_matches: bool = _RPN.allow_low_quality_matches) -> tuple[Tensor, Tensor]:
     """quality [G, P] -> (matched GT index int64 [P], label int8 [P])."""
     th, lb = v.check_match_args(thresholds, labels)
-    v.check_float(quality, "quality")
-    if quality.dim() != 2:
-        raise ValueError(f"quality must have shape [G, P], got {list(quality.shape)}")
-    v.check_finite(quality, "quality")
-    if v.value_checks_enabled() and quality.numel() and bool((quality < 0).any()):
-        raise ValueError("quality must be >= 0 everywhere")
+    v.check_quality(quality)
     if quality.shape[0] == 0 or quality.shape[1] == 0:
         return _empty(quality.shape[1], lb, quality.device)
     best, matches = quality.max(dim=0)  # [P]

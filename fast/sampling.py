@@ -23,24 +23,11 @@ from spec.config import BASE_RCNN_FPN
 _RPN = BASE_RCNN_FPN.rpn
 
 
-def _check(labels: Tensor, num_samples: int, positive_fraction: float, generator: torch.Generator | None) -> None:
-    v.check_tensor(labels, "labels")
-    if labels.dim() != 1:
-        raise ValueError(f"labels must have shape [P], got {list(labels.shape)}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
-    v.check_threshold(positive_fraction, "positive_fraction")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-
-
 def subsample_masks(labels: Tensor, num_samples: int = _RPN.batch_size_per_image,
                     positive_fraction: float = _RPN.positive_fraction, bg_label: int = _RPN.bg_label,
                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """labels [P] -> (positive mask, negative mask), bool [P], with static shapes throughout."""
-    _check(labels, num_samples, positive_fraction, generator)
+    v.check_sampling_args(labels, num_samples, positive_fraction, generator)
     n = labels.shape[0]
     pos_pool = (labels != -1) & (labels != bg_label)
     neg_pool = labels == bg_label

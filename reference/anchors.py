@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from spec import validate as v
 from spec.config import BASE_RCNN_FPN
 
 _ANCHORS = BASE_RCNN_FPN.anchors
@@ -51,15 +52,9 @@ def grid_anchors(feature_sizes: Sequence[tuple[int, int]], strides: Sequence[int
     Index within a level = (y * Wi + x) * A + a: y outer, then x, then anchor.            # ANCHOR.GRID_ORDER
     Each level has A * Hi * Wi anchors.                                                   # ANCHOR.PER_LEVEL_COUNT
     """
-    if not (len(feature_sizes) == len(strides) == len(cell_anchors)):
-        raise ValueError(f"feature_sizes, strides and cell_anchors must have one entry per level, got "
-                         f"{len(feature_sizes)}, {len(strides)} and {len(cell_anchors)}")
+    v.check_grid_args(feature_sizes, strides, cell_anchors)
     levels = []
     for (height, width), stride, cells in zip(feature_sizes, strides, cell_anchors):
-        if height < 0 or width < 0:
-            raise ValueError(f"feature sizes must be non-negative, got {(height, width)}")
-        if cells.dim() != 2 or cells.shape[1] != 4:
-            raise ValueError(f"cell anchors must have shape [A, 4], got {list(cells.shape)}")
         shift_x = (torch.arange(width, dtype=torch.float64) + offset) * stride  # [Wi]
         shift_y = (torch.arange(height, dtype=torch.float64) + offset) * stride  # [Hi]
         ys, xs = torch.meshgrid(shift_y, shift_x, indexing="ij")  # [Hi, Wi] each, y outer

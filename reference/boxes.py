@@ -81,10 +81,7 @@ def encode_boxes(src: Tensor, target: Tensor, weights: Sequence[float]) -> Tenso
     Every src width and height must be > 0 (ValueError otherwise). A zero-size target gives dw or dh = -inf.
     """
     wx, wy, ww, wh = v.check_weights(weights)
-    v.check_boxes(src, "src")
-    v.check_boxes(target, "target")
-    if src.shape != target.shape:
-        raise ValueError(f"src and target must have the same shape, got {list(src.shape)} and {list(target.shape)}")
+    v.check_encode_args(src, target)
     src_w = src[:, 2] - src[:, 0]
     src_h = src[:, 3] - src[:, 1]
     if v.value_checks_enabled() and src.numel() and not bool(((src_w > 0) & (src_h > 0)).all()):
@@ -113,12 +110,7 @@ def decode_boxes(deltas: Tensor, boxes: Tensor, weights: Sequence[float],
     Computes in deltas' dtype promoted with boxes' dtype (detectron2 casts deltas to float32).
     """
     wx, wy, ww, wh = v.check_weights(weights)
-    v.check_float(deltas, "deltas")
-    if deltas.dim() != 2 or deltas.shape[1] % 4 != 0:
-        raise ValueError(f"deltas must have shape [N, 4K], got {list(deltas.shape)}")
-    v.check_boxes(boxes, "boxes")
-    if deltas.shape[0] != boxes.shape[0]:
-        raise ValueError(f"deltas has {deltas.shape[0]} rows but boxes has {boxes.shape[0]}")
+    v.check_decode_args(deltas, boxes)
     dtype = torch.promote_types(deltas.dtype, boxes.dtype)
     deltas, boxes = deltas.to(dtype), boxes.to(dtype)
     n, k = deltas.shape[0], deltas.shape[1] // 4

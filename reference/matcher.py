@@ -35,12 +35,7 @@ def match(quality: Tensor, thresholds: Sequence[float] = _RPN.iou_thresholds,
     Empty GT or empty predictions: index 0 and labels[0] for every prediction.            # MATCH.EMPTY
     """
     th, lb = v.check_match_args(thresholds, labels)
-    v.check_float(quality, "quality")
-    if quality.dim() != 2:
-        raise ValueError(f"quality must have shape [G, P], got {list(quality.shape)}")
-    v.check_finite(quality, "quality")
-    if v.value_checks_enabled() and quality.numel() and bool((quality < 0).any()):
-        raise ValueError("quality must be >= 0 everywhere")
+    v.check_quality(quality)
     num_gt, num_pred = quality.shape
     device = quality.device
     if num_gt == 0 or num_pred == 0:

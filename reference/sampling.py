@@ -28,16 +28,7 @@ def subsample_labels(labels: Tensor, num_samples: int = _RPN.batch_size_per_imag
     Each pool is shuffled with torch.randperm(generator=generator), positives first, and the prefix kept,
     so one generator state gives one sample.                                              # SAMPLE.GENERATOR
     """
-    v.check_tensor(labels, "labels")
-    if labels.dim() != 1:
-        raise ValueError(f"labels must have shape [P], got {list(labels.shape)}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
-    v.check_threshold(positive_fraction, "positive_fraction")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    v.check_sampling_args(labels, num_samples, positive_fraction, generator)
 
     positive = ((labels != -1) & (labels != bg_label)).nonzero().flatten()
     negative = (labels == bg_label).nonzero().flatten()

@@ -115,3 +115,59 @@ def check_match_args(thresholds: Sequence[float], labels: Sequence[int]) -> tupl
     if any(x not in (-1, 0, 1) for x in lb):
         raise ValueError(f"labels must be in {{-1, 0, 1}}, got {lb}")
     return th, lb
+
+
+def check_quality(quality: object) -> Tensor:
+    """The matcher's [G, P] quality matrix: floating, 2-D, finite, >= 0."""
+    q = check_float(quality, "quality")
+    if q.dim() != 2:
+        raise ValueError(f"quality must have shape [G, P], got {list(q.shape)}")
+    check_finite(q, "quality")
+    if _VALUE_CHECKS and q.numel() and bool((q < 0).any()):
+        raise ValueError("quality must be >= 0 everywhere")
+    return q
+
+
+def check_decode_args(deltas: object, boxes: object) -> None:
+    """decode_boxes' [N, 4K] deltas (floating) and [N, 4] boxes (finite, ordered), row counts equal."""
+    d = check_float(deltas, "deltas")
+    if d.dim() != 2 or d.shape[1] % 4 != 0:
+        raise ValueError(f"deltas must have shape [N, 4K], got {list(d.shape)}")
+    b = check_boxes(boxes, "boxes")
+    if d.shape[0] != b.shape[0]:
+        raise ValueError(f"deltas has {d.shape[0]} rows but boxes has {b.shape[0]}")
+
+
+def check_encode_args(src: object, target: object) -> None:
+    """encode_boxes' [N, 4] src and target: finite, ordered, same shape."""
+    s = check_boxes(src, "src")
+    t = check_boxes(target, "target")
+    if s.shape != t.shape:
+        raise ValueError(f"src and target must have the same shape, got {list(s.shape)} and {list(t.shape)}")
+
+
+def check_sampling_args(labels: object, num_samples: object, positive_fraction: object,
+                        generator: object) -> None:
+    """subsample_labels' arguments: 1-D integer labels, a count, a fraction and an optional Generator."""
+    lab = check_tensor(labels, "labels")
+    if lab.dim() != 1:
+        raise ValueError(f"labels must have shape [P], got {list(lab.shape)}")
+    if lab.is_floating_point() or lab.dtype == torch.bool:
+        raise TypeError(f"labels must have an integer dtype, got {lab.dtype}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+    check_threshold(positive_fraction, "positive_fraction")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def check_grid_args(feature_sizes: Sequence, strides: Sequence, cell_anchors: Sequence) -> None:
+    """grid_anchors' per-level lists: equal lengths, non-negative sizes, [A, 4] cell anchors."""
+    if not (len(feature_sizes) == len(strides) == len(cell_anchors)):
+        raise ValueError(f"feature_sizes, strides and cell_anchors must have one entry per level, got "
+                         f"{len(feature_sizes)}, {len(strides)} and {len(cell_anchors)}")
+    for (height, width), cells in zip(feature_sizes, cell_anchors):
+        if height < 0 or width < 0:
+            raise ValueError(f"feature sizes must be non-negative, got {(height, width)}")
+        if not isinstance(cells, Tensor) or cells.dim() != 2 or cells.shape[1] != 4:
+            raise ValueError(f"cell anchors must be tensors of shape [A, 4], got {getattr(cells, 'shape', cells)}")

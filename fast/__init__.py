@@ -15,3 +15,32 @@ __all__ = [
     "grid_anchors", "iou_match", "match", "nms", "nonempty", "pairwise_iou", "subsample_labels",
     "subsample_masks",
 ]
+
+
+# Model components load on first use (they import torch.nn machinery the geometry core does not need).
+_LAZY = {
+    "FrozenBatchNorm2d": "fast.batch_norm",
+    "pad_images": "fast.image_list",
+    "ResNet": "fast.resnet",
+    "FPN": "fast.fpn",
+    "RPNHead": "fast.rpn",
+    "RPN": "fast.rpn",
+    "rpn_targets": "fast.rpn",
+    "rpn_losses": "fast.rpn",
+    "select_proposals": "fast.proposals",
+    "select_proposals_static": "fast.proposals",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -5,9 +5,10 @@ half-open intervals; low-quality ties are found without a loop over GT.
 
 ``iou_match`` is the RPN's anchor labelling in bounded memory: IoU is computed chunk by chunk over the
 predictions (at most ``chunk_elems`` values alive at once, in the boxes' dtype: no float64 [G, P] blow-up).
-Pass 1 keeps each prediction's best GT and each (chunk, GT) maximum. Pass 2 recomputes only the
-(chunk, GT) rows that reach a GT's overall best, to find the exact ties. IoU uses the same IEEE operations
-as the spec formula, so the recomputed values equal pass 1's bit for bit.
+Pass 1 keeps each prediction's best GT and each GT's best IoU. Pass 2 looks for exact ties only among the
+predictions that can hold one: a prediction ties GT g only if its own best >= g's best, so only those whose
+best reaches the smallest per-GT best are recomputed (usually a few per cent). IoU uses the same IEEE
+operations as the spec formula, so the recomputed values equal pass 1's bit for bit.
 
 Shape legend: G ground-truth boxes, P predictions, C predictions per chunk.
 """
@@ -78,35 +79,28 @@ def iou_match(gt_boxes: Tensor, boxes: Tensor, thresholds: Sequence[float] = _RP
     gcol = [g[i][:, None] for i in range(4)] + [g_area[:, None]]  # five [G, 1] planes
 
     chunk = max(1, min(num_pred, chunk_elems // num_gt))
-    starts = range(0, num_pred, chunk)
     best = torch.empty(num_pred, dtype=dtype, device=boxes.device)
     matches = torch.empty(num_pred, dtype=torch.int64, device=boxes.device)
-    chunk_gt_max = torch.empty(len(starts), num_gt, dtype=dtype, device=boxes.device)  # [chunks, G]
-    for c, s in enumerate(starts):  # a loop over chunks of predictions, not over boxes
+    gt_best = torch.full((num_gt,), float("-inf"), dtype=dtype, device=boxes.device)
+    for s in range(0, num_pred, chunk):  # a loop over chunks of predictions, not over boxes
         e = min(s + chunk, num_pred)
         iou = iou_planes(*gcol, a[0, None, s:e], a[1, None, s:e], a[2, None, s:e], a[3, None, s:e],
                          a_area[None, s:e])  # [G, C]
         torch.max(iou, dim=0, out=(best[s:e], matches[s:e]))
-        torch.amax(iou, dim=1, out=chunk_gt_max[c])
+        torch.maximum(gt_best, iou.amax(dim=1), out=gt_best)
     out = _labels_from_quality(best, th, lb)
     if allow_low_quality_matches:
-        _mark_low_quality(out, chunk_gt_max, gcol, a, a_area, chunk, chunk_elems)
+        _mark_low_quality(out, best, gt_best, gcol, a, a_area, chunk)
     return matches, out
 
 
-def _mark_low_quality(out: Tensor, chunk_gt_max: Tensor, gcol: list[Tensor], a: Tensor, a_area: Tensor,
-                      chunk: int, chunk_elems: int) -> None:
+def _mark_low_quality(out: Tensor, best: Tensor, gt_best: Tensor, gcol: list[Tensor], a: Tensor, a_area: Tensor,
+                      chunk: int) -> None:
     """Label 1 every prediction whose IoU with some GT equals that GT's best (d2-spec §2.5)."""
-    num_pred = a.shape[1]
-    gt_best = chunk_gt_max.amax(dim=0)  # [G]
-    chunk_idx, gt_idx = (chunk_gt_max == gt_best[None, :]).nonzero(as_tuple=True)  # rows that hold a tie
-    offsets = torch.arange(chunk, device=a.device)
-    rows_per_batch = max(1, chunk_elems // chunk)
-    for r in range(0, chunk_idx.numel(), rows_per_batch):  # batches of (chunk, GT) rows, bounded memory
-        ci, gi = chunk_idx[r : r + rows_per_batch], gt_idx[r : r + rows_per_batch]
-        idx = ci[:, None] * chunk + offsets[None, :]  # [R, C] prediction indices
-        valid = idx < num_pred
-        idx = idx.clamp_(max=num_pred - 1)
-        iou = iou_planes(*(p[gi] for p in gcol), a[0][idx], a[1][idx], a[2][idx], a[3][idx], a_area[idx])
-        tie = (iou == gt_best[gi][:, None]) & valid  # exact equality, as the spec requires
+    candidates = (best >= gt_best.min()).nonzero().flatten()  # the only predictions that can tie a GT's best
+    for s in range(0, candidates.numel(), chunk):  # chunks of candidates, bounded memory
+        idx = candidates[s : s + chunk]
+        iou = iou_planes(*gcol, a[0][idx][None], a[1][idx][None], a[2][idx][None], a[3][idx][None],
+                         a_area[idx][None])  # [G, C']
+        tie = (iou == gt_best[:, None]).any(dim=0)  # exact equality, as the spec requires
         out[idx[tie]] = 1

@@ -31,6 +31,7 @@ from spec import validate as v
 # dtype's epsilon: the window test is exact math, the IoU is rounded; the margin keeps every pair whose
 # rounded IoU could exceed the threshold.
 _MARGIN_EPS = 64.0
+CHUNK_PAIRS = 1 << 17  # candidate pairs per chunk: ~5 MB of gathered coordinates; memory stays bounded
 
 
 def _check(boxes: Tensor, scores: Tensor, iou_threshold: float) -> float:
@@ -57,11 +58,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     return _sweep_nms(boxes, scores, groups, thr)
 
 
-def candidate_pairs(boxes: Tensor, groups: Tensor | None, thr: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Candidate pairs as positions in (group, x1) order: (by_x [N], count [N], second [E]).
+def candidate_windows(boxes: Tensor, groups: Tensor | None, thr: float) -> tuple[Tensor, Tensor]:
+    """Sort-and-sweep windows: (by_x [N], count [N]).
 
-    Position p pairs with positions p+1 .. p+count[p]; `second` lists those partners run by run, and
-    by_x maps positions to box indices. The pairs contain every same-group pair with IoU > thr.
+    by_x maps positions in (group, x1) order to box indices; position p pairs with positions
+    p+1 .. p+count[p]. These pairs contain every same-group pair with IoU > thr.
     """
     n = boxes.shape[0]
     x1, x2 = boxes[:, 0].double(), boxes[:, 2].double()
@@ -77,13 +78,36 @@ def candidate_pairs(boxes: Tensor, groups: Tensor | None, thr: float) -> tuple[T
     margin = eps * (width + x1.abs() + x2.abs()) + 1e-12
     limit = ks + ((1.0 - thr) * width + margin)[by_x]
     end = torch.searchsorted(ks, limit, right=True)  # first position past each window
-    pos = torch.arange(n, device=boxes.device)
-    count = (end - pos - 1).clamp_(min=0)  # partners after position p
-    run_start = torch.cumsum(count, 0) - count  # where p's run starts in the pair list
-    # partner of pair e in run p is p + 1 + (e - run_start[p])
-    second = torch.arange(int(count.sum()), device=boxes.device)
-    second += torch.repeat_interleave(pos + 1 - run_start, count)
-    return by_x, count, second
+    count = (end - torch.arange(1, n + 1, device=boxes.device)).clamp_(min=0)  # partners after position p
+    return by_x, count
+
+
+def pair_chunks(count: Tensor, chunk_pairs: int = CHUNK_PAIRS):
+    """Yield (p0, p1, second): the pairs of positions p0..p1-1, about chunk_pairs at a time.
+
+    `second` [E'] lists each position's partners run by run; runs are never split, so a chunk holds at
+    least one whole run. Chunking bounds memory (E can approach N^2 / 2 when every box overlaps in x).
+    """
+    n = count.shape[0]
+    cum = torch.cumsum(count, 0)
+    total = int(cum[-1]) if n else 0
+    if total == 0:
+        return
+    bounds = [0, n]
+    if total > chunk_pairs:
+        marks = torch.arange(chunk_pairs, total, chunk_pairs, device=count.device)
+        cuts = (torch.searchsorted(cum, marks, right=True) + 1).clamp_(max=n)
+        bounds = [0, *torch.unique(cuts).tolist(), n]
+    for p0, p1 in zip(bounds[:-1], bounds[1:]):  # a loop over chunks of pairs, not over boxes
+        if p1 <= p0:
+            continue
+        cnt = count[p0:p1]
+        run_start = torch.cumsum(cnt, 0) - cnt  # where each position's run starts in this chunk
+        pos = torch.arange(p0, p1, device=count.device)
+        # partner of pair e in the run of position p: p + 1 + (e - run_start[p])
+        second = torch.arange(int(cum[p1 - 1] - (cum[p0 - 1] if p0 else 0)), device=count.device)
+        second += torch.repeat_interleave(pos + 1 - run_start, cnt)
+        yield p0, p1, second
 
 
 def _threshold_in(dtype: torch.dtype, thr: float) -> Tensor:
@@ -106,17 +130,25 @@ def _sweep_nms(boxes: Tensor, scores: Tensor, groups: Tensor | None, thr: float)
     order = torch.sort(scores, descending=True, stable=True).indices  # rank -> box
     rank = torch.empty_like(order)
     rank[order] = torch.arange(n, device=boxes.device)
-    by_x, count, second = candidate_pairs(boxes, groups, thr)
+    by_x, count = candidate_windows(boxes, groups, thr)
     c = boxes[by_x].t()  # [4, N] planes in position order
     planes = torch.cat([c, ((c[2] - c[0]) * (c[3] - c[1]))[None]]).contiguous()  # [5, N]: x1 y1 x2 y2 area
-    a = torch.repeat_interleave(planes, count, dim=1)  # [5, E]: the first box of each pair
-    b = planes.index_select(1, second)  # [5, E]: its partner
-    iou = iou_planes(*a, *b, zero_nan=False)
-    over = iou > _threshold_in(iou.dtype, thr) if iou.dtype in (torch.float32, torch.float64) else iou.double() > thr
     rank_by_x = rank[by_x]
-    ri = torch.repeat_interleave(rank_by_x, count)[over]
-    rj = rank_by_x[second[over]]
-    src, dst = torch.minimum(ri, rj), torch.maximum(ri, rj)  # higher score suppresses lower
+    exact = planes.dtype in (torch.float32, torch.float64)
+    bound = _threshold_in(planes.dtype, thr) if exact else None
+    srcs, dsts = [], []
+    for p0, p1, second in pair_chunks(count):
+        cnt = count[p0:p1]
+        a = torch.repeat_interleave(planes[:, p0:p1], cnt, dim=1)  # [5, E']: the first box of each pair
+        b = planes.index_select(1, second)  # [5, E']: its partner
+        iou = iou_planes(*a, *b, zero_nan=False)
+        over = iou > bound if exact else iou.double() > thr
+        ri = torch.repeat_interleave(rank_by_x[p0:p1], cnt)[over]
+        rj = rank_by_x[second[over]]
+        srcs.append(torch.minimum(ri, rj))  # the higher-scored box suppresses the lower
+        dsts.append(torch.maximum(ri, rj))
+    src = torch.cat(srcs) if srcs else rank[:0]
+    dst = torch.cat(dsts) if dsts else rank[:0]
     keep = torch.ones(n, dtype=torch.bool, device=boxes.device)  # indexed by rank
     while True:  # fixed-point rounds, each vectorized over all edges
         suppressed = torch.zeros_like(keep)

@@ -14,3 +14,31 @@ __all__ = [
     "batched_nms", "box_area", "cell_anchors", "clip_boxes", "decode_boxes", "encode_boxes", "grid_anchors",
     "iou_match", "match", "nms", "nonempty", "pairwise_iou", "subsample_labels",
 ]
+
+
+# Model components load on first use (they import torch.nn machinery the geometry core does not need).
+_LAZY = {
+    "FrozenBatchNorm2d": "reference.batch_norm",
+    "pad_images": "reference.image_list",
+    "ResNet": "reference.resnet",
+    "FPN": "reference.fpn",
+    "RPNHead": "reference.rpn",
+    "RPN": "reference.rpn",
+    "rpn_targets": "reference.rpn",
+    "rpn_losses": "reference.rpn",
+    "select_proposals": "reference.proposals",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -146,21 +146,71 @@ register("NMS.ERRORS", "bad input (wrong shapes, NaN boxes or scores, x2 < x1, i
 register("NMS.BATCHED", "batched_nms runs NMS independently per group and merges by descending score",
          "d2-spec §2.14", ("batched_nms",))
 
+# ------------------------------------------------------------------------------------------------ backbone (issue 3)
+register("INPUT.PADDING", "images are padded bottom/right with pad_value to a multiple of 32 (the stride of "
+         "res5); the unpadded sizes are kept", "d2-spec §1.1; structures/image_list.py", ("pad_images",))
+register("RESNET.STEM", "the stem is a 7x7/2 conv 3->64 without bias, FrozenBN, ReLU and a 3x3/2 max-pool "
+         "(padding 1)", "d2-spec §2.1", ("ResNet",))
+register("RESNET.STAGES", "bottleneck stages of [3, 4, 6, 3] blocks, widths 64/128/256/512, outputs "
+         "256/512/1024/2048, no conv bias, projection shortcut on each stage's first block", "d2-spec §2.1",
+         ("ResNet",))
+register("RESNET.FROZEN_BN", "FrozenBatchNorm2d: y = (x - mean) * w / sqrt(var + 1e-5) + b with buffers only; "
+         "a fresh layer is the identity", "d2-spec §2.1; layers/batch_norm.py", ("ResNet",))
+register("RESNET.STRIDE_IN_1X1", "the detectron2 profile puts a block's stride on its first 1x1 conv; the "
+         "torchvision profile on the 3x3 conv", "d2-spec §1.2, §6 item 5", ("ResNet",))
+register("RESNET.FREEZE_AT", "freeze_at = 2: the stem and res2 have requires_grad False", "d2-spec §1.2",
+         ("ResNet",))
+register("RESNET.OUTPUTS", "outputs res2..res5 at strides 4, 8, 16, 32 (H/4 .. H/32 for a 32-divisible input)",
+         "d2-spec §2.1", ("ResNet",))
+register("RESNET.PARAMS", "ResNet-50's convs have 23,454,912 parameters", "d2-spec §3", ("ResNet",))
+register("RESNET.TORCHVISION", "in the torchvision profile, with copied weights, the body equals torchvision's "
+         "resnet50 (eval mode) layer1..layer4", "torchvision resnet50", ("ResNet",))
+register("FPN.CONVS", "lateral 1x1 and output 3x3 convs, both with bias, 256 channels", "d2-spec §2.2",
+         ("FPN",))
+register("FPN.TOP_DOWN", "the top-down pass adds nearest x2 upsampling of the pre-output sums to each lateral",
+         "d2-spec §2.2", ("FPN",))
+register("FPN.P6", "P6 = P5 subsampled with stride 2 (max-pool kernel 1): ceil(H5/2) x ceil(W5/2)",
+         "d2-spec §1.2, §2.2", ("FPN",))
+register("FPN.STRIDES", "P2..P6 have 256 channels at strides 4, 8, 16, 32, 64", "d2-spec §1.2",
+         ("ResNet", "FPN"))
+register("FPN.PARAMS", "the FPN has 3,344,384 parameters", "d2-spec §3", ("FPN",))
+register("FPN.TORCHVISION", "with copied weights the FPN equals torchvision's FeaturePyramidNetwork with "
+         "LastLevelMaxPool", "torchvision ops/feature_pyramid_network.py", ("FPN",))
+register("FPN.ERRORS", "features with missing levels, wrong channel counts or sizes that do not halve level "
+         "to level raise ValueError", "DESIGN.md conventions", ("FPN",))
+
 # ------------------------------------------------------------------------------------------------ RPN (issue 3)
 register("RPN.HEAD", "the RPN head is a 3x3 256->256 conv with ReLU, a 1x1 conv to 3 objectness logits and a "
          "1x1 conv to 12 deltas", "seed RPN part 1", ("RPNHead",))
+register("RPN.HEAD_PARAMS", "the RPN head has 593,935 parameters", "d2-spec §3", ("RPNHead",))
+register("RPN.OUTPUT_ORDER", "head outputs are flattened in level, y, x, anchor order; delta channel a*4+j is "
+         "coordinate j of anchor a", "d2-spec §2.3", ("RPNHead",))
+register("RPN.MATCHING", "anchors are labelled by the matcher at 0.3/0.7 with labels 0/-1/1 and low-quality "
+         "matches; anchors crossing the border are kept", "d2-spec §1.4, §2.8", ("rpn_targets",))
+register("RPN.SAMPLING", "256 anchors per image are sampled, at most half positive; the rest are -1",
+         "d2-spec §2.8", ("rpn_targets",))
+register("RPN.TARGET_BOXES", "each anchor's target is its matched GT box; regression targets use weights "
+         "(1, 1, 1, 1)", "d2-spec §2.8", ("rpn_targets", "rpn_losses"))
+register("RPN.NO_GT", "an image without GT has every anchor negative before sampling", "d2-spec §2.8",
+         ("rpn_targets",))
 register("RPN.LOSS_NORMALIZER", "both RPN losses are divided by 256 x the number of images",
-         "d2-spec §2.8", ("RPN",))
+         "d2-spec §2.8", ("rpn_losses",))
 register("RPN.LOSS_CLS", "objectness loss is BCE-with-logits over anchors labelled 0 or 1 only", "d2-spec §2.8",
-         ("RPN",))
+         ("rpn_losses",))
 register("RPN.LOSS_LOC", "localization loss is L1 (smooth-L1, beta 0) over foreground anchors only",
-         "d2-spec §2.8", ("RPN",))
+         "d2-spec §2.8", ("rpn_losses",))
+register("RPN.ERRORS", "feature maps whose count, channels or batch size do not match, and GT boxes that are "
+         "not finite, raise ValueError", "DESIGN.md conventions", ("RPNHead", "rpn_targets"))
 register("PROPOSAL.PRE_NMS_TOPK", "the top 1000 (test) / 2000 (train) anchors by logit are taken per level",
          "d2-spec §2.9", ("select_proposals",))
+register("PROPOSAL.NONFINITE", "non-finite boxes or logits are dropped at test time; in training they raise "
+         "FloatingPointError", "d2-spec §2.9", ("select_proposals",))
+register("PROPOSAL.CLIP_FILTER", "boxes are clipped to the unpadded image size and empty ones (side <= min "
+         "size) removed before NMS", "d2-spec §2.9", ("select_proposals",))
 register("PROPOSAL.NMS_PER_LEVEL", "proposal NMS at 0.7 runs independently per level", "d2-spec §2.9",
          ("select_proposals",))
-register("PROPOSAL.POST_NMS_TOPK", "at most 1000 proposals per image are kept, sorted by score",
-         "seed RPN part 5; d2-spec §2.9", ("select_proposals",))
+register("PROPOSAL.POST_NMS_TOPK", "at most 1000 proposals per image are kept, sorted by logit, which is "
+         "returned raw", "seed RPN part 5; d2-spec §2.9", ("select_proposals",))
 
 # ------------------------------------------------------------------------------------------------ ROI (issue 4)
 register("ROI.LEVELS", "ROIs are pooled from P2-P5 only; P6 is never pooled", "Base-RCNN-FPN.yaml ROI_HEADS",

@@ -186,6 +186,21 @@ class InferenceConfig:
     detections_per_image: int = cited(100, "defaults.py TEST.DETECTIONS_PER_IMAGE")
 
 
+# ---------------------------------------------------------------------------------------------- known values
+@dataclass(frozen=True)
+class ParameterCounts:
+    """nn.Parameter counts (FrozenBN statistics are buffers, not parameters)."""
+
+    resnet50_convs: int = cited(23_454_912, "d2-spec §3: stem 9,408 + res2..res5 convs, no biases")
+    fpn: int = cited(3_344_384, "d2-spec §3: laterals 984,064 + outputs 2,360,320")
+    rpn_head: int = cited(593_935, "d2-spec §3: conv 590,080 + objectness 771 + deltas 3,084")
+    frozen_by_freeze_at_2: int = cited(222_400, "d2-spec §3: stem + res2")
+    faster_rcnn_80_classes: int = cited(41_699_936, "d2-spec §3: backbone + RPN + box head and predictor")
+
+
+PARAMETER_COUNTS = ParameterCounts()
+
+
 # ---------------------------------------------------------------------------------------------- the model
 @dataclass(frozen=True)
 class FasterRCNNConfig:

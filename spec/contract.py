@@ -109,7 +109,8 @@ CONTRACT: dict[str, type] = {
 # Names from DESIGN.md's contract that later components add (RPN, ROI stage, models). Clauses may already cite
 # them; an implementation without them gets "not implemented" for those clauses.
 PLANNED: tuple[str, ...] = (
-    "select_proposals", "assign_levels", "roi_align", "multilevel_roi_align", "fast_rcnn_inference",
+    "pad_images", "rpn_targets", "rpn_losses", "select_proposals",
+    "assign_levels", "roi_align", "multilevel_roi_align", "fast_rcnn_inference",
     "ResNet", "FPN", "RPNHead", "RPN", "ROIHeads", "FasterRCNN", "PoolingAttention", "MultiScaleBlock", "MViT",
 )
 

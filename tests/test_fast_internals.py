@@ -57,9 +57,12 @@ def test_iou_match_memory_is_bounded():
 def test_candidate_pairs_contain_every_suppressing_pair(data, thr):
     boxes, _, groups = data
     boxes = boxes.float()
-    by_x, count, second = fast_nms.candidate_pairs(boxes, groups, thr)
-    first = torch.repeat_interleave(torch.arange(boxes.shape[0]), count)
-    pairs = {tuple(sorted(p)) for p in zip(by_x[first].tolist(), by_x[second].tolist())}
+    by_x, count = fast_nms.candidate_windows(boxes, groups, thr)
+    pairs = set()
+    for p0, p1, second in fast_nms.pair_chunks(count, chunk_pairs=7):  # small chunks: exercise the splitting
+        first = torch.repeat_interleave(torch.arange(p0, p1), count[p0:p1])
+        pairs |= {tuple(sorted(p)) for p in zip(by_x[first].tolist(), by_x[second].tolist())}
+    assert len(pairs) == int(count.sum())  # each pair exactly once
     iou = reference.pairwise_iou(boxes, boxes).double()
     same = groups[:, None] == groups[None, :]
     need = ((iou > thr) & same).triu(diagonal=1).nonzero().tolist()

@@ -1,0 +1,67 @@
+"""Batching images of different sizes, fast: one channels-last allocation, only the padding is filled.
+
+Same contract as reference/image_list.py (d2-spec §1.1, INPUT.PADDING): pad bottom/right with pad_value to
+ceil(max / size_divisibility) * size_divisibility and return the unpadded sizes. The batch comes back in
+channels-last memory format (same shape and values), which is the layout fast/resnet.py runs in, so the
+backbone does not copy it again.
+
+Shape legend: N images, C channels, Hi, Wi the size of image i, H, W the padded batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from spec.config import BASE_RCNN_FPN
+
+_INPUT = BASE_RCNN_FPN.input
+
+
+def pad_images(images: Sequence[Tensor], size_divisibility: int = _INPUT.size_divisibility,
+               pad_value: float = _INPUT.pad_value) -> tuple[Tensor, list[tuple[int, int]]]:
+    """list of [C, Hi, Wi] -> ([N, C, H, W] channels-last, [(Hi, Wi), ...])."""
+    _check_images(images)
+    if isinstance(size_divisibility, bool) or not isinstance(size_divisibility, int) or size_divisibility < 0:
+        raise ValueError(f"size_divisibility must be a non-negative int, got {size_divisibility!r}")
+    image_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+    max_h = max(h for h, _ in image_sizes)
+    max_w = max(w for _, w in image_sizes)
+    if size_divisibility > 1:
+        d = size_divisibility
+        max_h, max_w = -(-max_h // d) * d, -(-max_w // d) * d
+    first = images[0]
+    batch = torch.empty((len(images), first.shape[0], max_h, max_w), dtype=first.dtype, device=first.device,
+                        memory_format=torch.channels_last)
+    pad_value = float(pad_value)
+    for i, img in enumerate(images):  # one copy per image; the pad region is written once, never twice
+        h, w = image_sizes[i]
+        batch[i, :, :h, :w].copy_(img)
+        batch[i, :, :h, w:].fill_(pad_value)
+        batch[i, :, h:, :].fill_(pad_value)
+    return batch, image_sizes
+
+
+def _check_images(images: object) -> None:
+    if isinstance(images, Tensor) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be a list of [C, H, W] tensors, got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError("images must be a non-empty list of [C, H, W] tensors, got an empty list")
+    for i, img in enumerate(images):
+        if not isinstance(img, Tensor):
+            raise TypeError(f"images[{i}] must be a torch.Tensor, got {type(img).__name__}")
+        if img.dim() != 3:
+            raise ValueError(f"images[{i}] must have shape [C, H, W], got {list(img.shape)}")
+    first = images[0]
+    for i, img in enumerate(images):
+        if img.shape[0] != first.shape[0]:
+            raise ValueError(f"images must all have the same channel count: images[0] has {first.shape[0]}, "
+                             f"images[{i}] has {img.shape[0]}")
+        if img.dtype != first.dtype:
+            raise TypeError(f"images must all have the same dtype: images[0] is {first.dtype}, "
+                            f"images[{i}] is {img.dtype}")
+        if img.device != first.device:
+            raise ValueError(f"images must all be on one device: images[0] is on {first.device}, "
+                             f"images[{i}] is on {img.device}")

@@ -27,6 +27,9 @@ _LAZY = {
     "RPN": "fast.rpn",
     "rpn_targets": "fast.rpn",
     "rpn_losses": "fast.rpn",
+    "PoolingAttention": "fast.mvit",
+    "MultiScaleBlock": "fast.mvit",
+    "MViT": "fast.mvit",
     "select_proposals": "fast.proposals",
     "select_proposals_static": "fast.proposals",
 }

@@ -26,6 +26,9 @@ _LAZY = {
     "RPN": "reference.rpn",
     "rpn_targets": "reference.rpn",
     "rpn_losses": "reference.rpn",
+    "PoolingAttention": "reference.mvit",
+    "MultiScaleBlock": "reference.mvit",
+    "MViT": "reference.mvit",
     "select_proposals": "reference.proposals",
 }
 

@@ -217,3 +217,12 @@ register("ROI.LEVELS", "ROIs are pooled from P2-P5 only; P6 is never pooled", "B
          ("assign_levels",))
 register("ROI.LEVEL_FORMULA", "level = floor(4 + log2(sqrt(area)/224 + 1e-8)) clamped to [2, 5]",
          "d2-spec §2.11", ("assign_levels",))
+
+
+# ------------------------------------------------------------------------------------------------ MViT (issue 6)
+# The MViT clauses live in their own module; importing it registers them here.
+try:
+    import spec.clauses_mvit  # noqa: E402, F401
+except ModuleNotFoundError as exc:  # not written yet in this checkout
+    if exc.name != "spec.clauses_mvit":
+        raise

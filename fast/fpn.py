@@ -25,7 +25,7 @@ from spec.config import BASE_RCNN_FPN, FPNConfig
 
 _RESNET = BASE_RCNN_FPN.resnet
 DEFAULT_IN_CHANNELS = tuple(_RESNET.res2_out_channels * 2**i for i in range(len(_RESNET.blocks_per_stage)))
-UPSAMPLE = 2
+UPSAMPLE = BASE_RCNN_FPN.fpn.upsample  # nearest x2 between neighbouring levels
 OUTPUT_KERNEL, OUTPUT_PADDING = 3, 1
 P6_STRIDE = 2
 _CL = torch.channels_last

@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from fast.batch_norm import FrozenBatchNorm2d
 from spec.config import BASE_RCNN_FPN, ResNetConfig
 
-STEM_KERNEL, STEM_STRIDE, STEM_PADDING = 7, 2, 3  # RESNET.STEM: 7x7/2 conv, padding 3
-POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 2, 1  # RESNET.STEM: 3x3/2 max-pool, padding 1
+STEM_KERNEL, STEM_STRIDE, STEM_PADDING = BASE_RCNN_FPN.resnet.stem_conv  # RESNET.STEM: 7x7/2, padding 3
+POOL_KERNEL, POOL_STRIDE, POOL_PADDING = BASE_RCNN_FPN.resnet.stem_pool  # RESNET.STEM: 3x3/2 max-pool, pad 1
 FIRST_STAGE = 2  # res2, res3, ...
-DOWNSAMPLE = 2  # first block of res3..res5
+DOWNSAMPLE = BASE_RCNN_FPN.resnet.stage_downsample  # the first block of res3, res4, res5 halves the size
 _CL = torch.channels_last
 
 
@@ -70,7 +70,8 @@ class Conv2d(nn.Conv2d):
         if cached is None or cached[0] != key:
             # normal (not inference) tensors even under torch.inference_mode, so a cache filled there can
             # still be used by a later forward that records autograd for the input
-            with torch.no_grad(), torch.inference_mode(False):
+            # inference_mode(False) re-enables grad mode, so no_grad must come after it
+            with torch.inference_mode(False), torch.no_grad():
                 w, b = self.norm.fold(self.weight)
                 w = w.contiguous(memory_format=_CL)
             self._folded = cached = (key, w, b)
@@ -78,6 +79,11 @@ class Conv2d(nn.Conv2d):
 
     def clear_folded(self) -> None:
         self._folded = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_folded"] = None  # deepcopy / pickle never carry the cache (a copy refolds on first use)
+        return state
 
     def forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if self.norm is None:

@@ -60,6 +60,9 @@ class ResNetConfig:
     res2_out_channels: int = cited(256, "defaults.py RESNETS.RES2_OUT_CHANNELS")
     res5_dilation: int = cited(1, "defaults.py RESNETS.RES5_DILATION")
     freeze_at: int = cited(2, "defaults.py BACKBONE.FREEZE_AT")
+    stem_conv: tuple[int, int, int] = cited((7, 2, 3), "backbone/resnet.py BasicStem: 7x7 conv, stride 2, padding 3")
+    stem_pool: tuple[int, int, int] = cited((3, 2, 1), "backbone/resnet.py BasicStem: max-pool 3, stride 2, padding 1")
+    stage_downsample: int = cited(2, "backbone/resnet.py: the first block of res3..res5 has stride 2")
     out_features: tuple[str, ...] = cited(("res2", "res3", "res4", "res5"), "Base-RCNN-FPN.yaml RESNETS.OUT_FEATURES")
 
 
@@ -69,6 +72,7 @@ class FPNConfig:
     out_channels: int = cited(256, "defaults.py FPN.OUT_CHANNELS")
     norm: str = cited("", "defaults.py FPN.NORM (no norm: convs have a bias)")
     fuse_type: str = cited("sum", "defaults.py FPN.FUSE_TYPE")
+    upsample: int = cited(2, "backbone/fpn.py: nearest x2 between neighbouring levels")
     top_block: str = cited("LastLevelMaxPool", "backbone/fpn.py: P6 = P5 subsampled, kernel 1 stride 2")
     strides: tuple[int, ...] = cited((4, 8, 16, 32, 64), "backbone/fpn.py: p2..p6")
     out_features: tuple[str, ...] = cited(("p2", "p3", "p4", "p5", "p6"), "backbone/fpn.py")

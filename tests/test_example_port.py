@@ -18,14 +18,15 @@ from pathlib import Path
 
 from detspec.impls import resolve
 from spec.clauses import CLAUSES
-from spec.contract import CONTRACT, missing_names
+from spec.contract import CONTRACT, PLANNED, missing_names
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "numpy_port"
 
 IMPLEMENTED = {"pairwise_iou", "box_area", "clip_boxes", "nonempty", "encode_boxes", "decode_boxes",
                "cell_anchors", "nms"}
-MISSING = {"grid_anchors", "match", "iou_match", "subsample_labels", "batched_nms"}
+# the port's deliberate gaps, plus every name later components add (the port never grows)
+MISSING = {"grid_anchors", "match", "iou_match", "subsample_labels", "batched_nms"} | set(PLANNED)
 # The headline clauses of the example; each must pass whenever the suite has a test for it.
 MUST_PASS = ("BOX.IOU_NO_PLUS_ONE", "BOX.IOU_ZERO_NO_OVERLAP", "BOX.DECODE_CLAMP", "NMS.STRICT")
 
@@ -112,7 +113,7 @@ def test_example_port_resolves_as_module_and_as_attribute(monkeypatch):
     try:
         for spec in ("numpy_port", "numpy_port:impl"):
             impl = resolve(spec)
-            assert set(missing_names(impl.namespace)) == MISSING, spec
+            assert set(missing_names(impl.namespace)) == MISSING - set(PLANNED), spec
             assert {n for n in CONTRACT if impl.has(n)} == IMPLEMENTED, spec
     finally:
         sys.modules.pop("numpy_port", None)

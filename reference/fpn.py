@@ -1,0 +1,132 @@
+"""Feature Pyramid Network on res2..res5, with LastLevelMaxPool for P6.
+
+Spec: d2-spec §1.2, §2.2, §3; detectron2 modeling/backbone/fpn.py.
+
+For each input level l = 2..5 (l = log2 of its stride):
+  lateral_l: 1x1 conv C_l -> 256 with bias, named ``fpn_lateral{l}``          # FPN.CONVS
+  output_l:  3x3 conv 256 -> 256, padding 1, with bias, named ``fpn_output{l}``
+Top-down pass over the pre-output sums t (not the outputs P):                   # FPN.TOP_DOWN
+  t5 = lateral5(C5)
+  t_l = lateral_l(C_l) + nearest_upsample_x2(t_{l+1})   for l = 4, 3, 2   (fuse "avg" halves the sum)
+  P_l = output_l(t_l)
+P6 = max_pool(P5, kernel 1, stride 2) = P5[::2, ::2], size ceil(H5/2) x ceil(W5/2).     # FPN.P6
+Outputs p2..p6: 256 channels at strides 4, 8, 16, 32, 64.                       # FPN.STRIDES
+
+Each level must be exactly twice the size of the next coarser one, which holds when the input image was padded
+to a multiple of 32 (pad_images); anything else is a ValueError (FPN.ERRORS).
+
+Shape legend: N images, C_l the channels of input level l, Hl, Wl its size (H2 = H/4, ..., H5 = H/32).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spec.config import BASE_RCNN_FPN, FPNConfig
+
+_RESNET = BASE_RCNN_FPN.resnet
+# res2..res5 output channels of the spec's ResNet: 256, 512, 1024, 2048
+DEFAULT_IN_CHANNELS = tuple(_RESNET.res2_out_channels * 2**i for i in range(len(_RESNET.blocks_per_stage)))
+UPSAMPLE = BASE_RCNN_FPN.fpn.upsample  # nearest x2 between neighbouring levels
+OUTPUT_KERNEL, OUTPUT_PADDING = 3, 1  # fpn_output: 3x3 conv, padding 1
+P6_KERNEL, P6_STRIDE = 1, 2  # LastLevelMaxPool: max-pool kernel 1, stride 2, padding 0
+
+
+class FPN(nn.Module):
+    """{"res2": [N, C2, H2, W2], ..., "res5": [N, C5, H5, W5]} -> {"p2": [N, 256, H2, W2], ..., "p6": ...}."""
+
+    def __init__(self, in_channels: Sequence[int] = DEFAULT_IN_CHANNELS, cfg: FPNConfig = BASE_RCNN_FPN.fpn):
+        super().__init__()
+        _check_config(cfg, in_channels)
+        self.cfg = cfg
+        self.in_features = tuple(cfg.in_features)
+        self.in_channels = tuple(int(c) for c in in_channels)
+        self.out_channels = cfg.out_channels
+        self.levels = [int(round(math.log2(s))) for s in cfg.strides[:len(self.in_features)]]  # [2, 3, 4, 5]
+        for level, channels in zip(self.levels, self.in_channels):
+            lateral = nn.Conv2d(channels, cfg.out_channels, kernel_size=1, bias=True)
+            output = nn.Conv2d(cfg.out_channels, cfg.out_channels, kernel_size=OUTPUT_KERNEL,
+                               padding=OUTPUT_PADDING, bias=True)
+            for conv in (lateral, output):  # detectron2's c2_xavier_fill
+                nn.init.kaiming_uniform_(conv.weight, a=1)
+                nn.init.zeros_(conv.bias)
+            self.add_module(f"fpn_lateral{level}", lateral)
+            self.add_module(f"fpn_output{level}", output)
+        self.out_feature_strides = dict(zip(cfg.out_features, cfg.strides))
+
+    def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        check_features(features, self.in_features, self.in_channels)
+        inputs = [features[name] for name in self.in_features]  # finest (res2) to coarsest (res5)
+        outputs: list[Tensor] = []
+        top_down: Tensor | None = None
+        for level, c in zip(reversed(self.levels), reversed(inputs)):  # coarsest first: 5, 4, 3, 2
+            lateral = getattr(self, f"fpn_lateral{level}")(c)
+            if top_down is None:
+                top_down = lateral  # t5 = lateral5(C5)
+            else:
+                upsampled = F.interpolate(top_down, scale_factor=float(UPSAMPLE), mode="nearest")
+                top_down = lateral + upsampled  # t_l = lateral_l(C_l) + up(t_{l+1}), the pre-output sum
+                if self.cfg.fuse_type == "avg":
+                    top_down = top_down / 2
+            outputs.insert(0, getattr(self, f"fpn_output{level}")(top_down))  # P_l = output_l(t_l)
+        p6 = F.max_pool2d(outputs[-1], kernel_size=P6_KERNEL, stride=P6_STRIDE, padding=0)  # from P5, not C5
+        outputs.append(p6)
+        return dict(zip(self.cfg.out_features, outputs))
+
+
+def check_features(features: object, names: Sequence[str], channels: Sequence[int]) -> None:
+    """FPN.ERRORS: a mapping with every level, 4-D float tensors, the expected channels, sizes halving exactly."""
+    if not isinstance(features, Mapping):
+        raise TypeError(f"features must be a dict of level name -> [N, C, H, W] tensor, got "
+                        f"{type(features).__name__}")
+    missing = [n for n in names if n not in features]
+    if missing:
+        raise ValueError(f"features is missing levels {missing}; expected {list(names)}, got {list(features)}")
+    batch = None
+    for name, c in zip(names, channels):
+        t = features[name]
+        if not isinstance(t, Tensor):
+            raise TypeError(f"features[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"features[{name!r}] must have a floating dtype, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"features[{name!r}] must have shape [N, C, H, W], got {list(t.shape)}")
+        if t.shape[1] != c:
+            raise ValueError(f"features[{name!r}] must have {c} channels, got {t.shape[1]} "
+                             f"(shape {list(t.shape)})")
+        if batch is None:
+            batch = t.shape[0]
+        elif t.shape[0] != batch:
+            raise ValueError(f"features[{name!r}] has batch size {t.shape[0]} but features[{names[0]!r}] has "
+                             f"{batch}")
+    for fine, coarse in zip(names, names[1:]):
+        hf, wf = features[fine].shape[-2:]
+        hc, wc = features[coarse].shape[-2:]
+        if (hf, wf) != (UPSAMPLE * hc, UPSAMPLE * wc):
+            raise ValueError(
+                f"features[{fine!r}] is {hf}x{wf} but features[{coarse!r}] is {hc}x{wc}; each level must be "
+                f"exactly {UPSAMPLE}x the size of the next coarser one. Pad the input images to a multiple of "
+                f"32 (pad_images, size_divisibility) before the backbone")
+
+
+def _check_config(cfg: FPNConfig, in_channels: Sequence[int]) -> None:
+    if cfg.norm != "":
+        raise ValueError(f"only cfg.norm = '' (no norm, convs with bias) is implemented, got {cfg.norm!r}")
+    if cfg.fuse_type not in ("sum", "avg"):
+        raise ValueError(f"cfg.fuse_type must be 'sum' or 'avg', got {cfg.fuse_type!r}")
+    if cfg.top_block != "LastLevelMaxPool":
+        raise ValueError(f"only cfg.top_block = 'LastLevelMaxPool' is implemented, got {cfg.top_block!r}")
+    if len(in_channels) != len(cfg.in_features):
+        raise ValueError(f"in_channels must have one entry per input feature {list(cfg.in_features)}, "
+                         f"got {list(in_channels)}")
+    if any(isinstance(c, bool) or int(c) != c or c <= 0 for c in in_channels):
+        raise ValueError(f"in_channels must be positive ints, got {list(in_channels)}")
+    if len(cfg.out_features) != len(cfg.in_features) + 1 or len(cfg.strides) != len(cfg.out_features):
+        raise ValueError("cfg.out_features and cfg.strides must name each input level plus the top block's P6")
+    for fine, coarse in zip(cfg.strides, cfg.strides[1:]):
+        if coarse != UPSAMPLE * fine:
+            raise ValueError(f"cfg.strides must double from level to level, got {list(cfg.strides)}")

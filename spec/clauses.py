@@ -209,6 +209,9 @@ register("PROPOSAL.CLIP_FILTER", "boxes are clipped to the unpadded image size a
          "size) removed before NMS", "d2-spec §2.9", ("select_proposals",))
 register("PROPOSAL.NMS_PER_LEVEL", "proposal NMS at 0.7 runs independently per level", "d2-spec §2.9",
          ("select_proposals",))
+register("PROPOSAL.ERRORS", "mismatched level lists, boxes without 4 coordinates, a batch size that differs "
+         "between levels or from the number of image sizes, and no levels at all raise ValueError",
+         "DESIGN.md conventions", ("select_proposals",))
 register("PROPOSAL.POST_NMS_TOPK", "at most 1000 proposals per image are kept, sorted by logit, which is "
          "returned raw", "seed RPN part 5; d2-spec §2.9", ("select_proposals",))
 

@@ -71,7 +71,7 @@ def _tested(data: dict, impl: str) -> dict[str, dict]:
 def test_example_port_conforms_where_implemented(tmp_path):
     proc, data = _check(EXAMPLE, "numpy_port", tmp_path / "report.json")
     assert proc.returncode == 0, _output(proc)
-    assert data["impls"] == ["numpy_port"]
+    assert data["impls"][0] == "numpy_port"  # (a "(spec)" column holds clause tests that need no implementation)
     tested = _tested(data, "numpy_port")
     assert tested, "the report lists no tested clause for numpy_port"
 

@@ -1,0 +1,238 @@
+"""The Region Proposal Network, optimized: fused predictor convs, cached anchors, dense sync-free losses,
+and top-k before decoding.
+
+Same contract and state_dict keys as reference/rpn.py (d2-spec §1.4, §2.3, §2.8):
+- ``RPNHead`` runs the two sibling 1x1 convs as one conv over concatenated weights (one pass over the
+  3x3 conv's output) and splits the channel-last result.
+- ``rpn_targets`` labels each image with the bounded-memory ``fast.iou_match`` and samples with the static
+  ``fast.subsample_masks`` (a loop over images: GT counts differ per image).
+- ``rpn_losses`` is dense and masked over all N x R anchors (no boolean indexing, no host sync), as
+  detectron2 computes its targets; ignored anchors contribute exactly zero.
+- ``RPN`` caches anchors per feature size (``fast.AnchorCache``) and decodes only the per-level top-k
+  winners (``fast.proposals.decode_and_select``).
+
+Shape legend: N images; C channels; L levels; Hi, Wi level i's size; A anchors per location; R anchors in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fast.anchors import AnchorCache
+from fast.boxes import encode_boxes
+from fast.matcher import iou_match
+from fast.proposals import decode_and_select
+from fast.sampling import subsample_masks
+from spec import validate as v
+from spec.config import BASE_RCNN_FPN, AnchorConfig, RPNConfig
+
+_RPN = BASE_RCNN_FPN.rpn
+_ANCHORS = BASE_RCNN_FPN.anchors
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU shared by every level, then objectness (A) and deltas (4A) 1x1 convs, run fused.
+
+    Keys: conv.weight/bias (or conv.conv{k}.* for several conv_dims), objectness_logits.*, anchor_deltas.*.
+    forward: L x [N, C, Hi, Wi] -> (L x [N, Hi*Wi*A], L x [N, Hi*Wi*A, 4]) in (y, x, anchor) order.
+    """
+
+    def __init__(self, in_channels: int = 256, num_anchors: int = _ANCHORS.anchors_per_location,
+                 conv_dims: Sequence[int] = _RPN.head_conv_dims):
+        super().__init__()
+        dims = [in_channels if int(d) == -1 else int(d) for d in conv_dims]
+        if in_channels <= 0 or num_anchors <= 0 or not dims or any(d <= 0 for d in dims):
+            raise ValueError(f"in_channels, num_anchors and conv_dims must be positive, got {in_channels}, "
+                             f"{num_anchors} and {list(conv_dims)}")
+        self.in_channels = in_channels
+        self.num_anchors = num_anchors
+        if len(dims) == 1:
+            self.conv = nn.Conv2d(in_channels, dims[0], kernel_size=3, padding=1)
+        else:
+            self.conv = nn.Sequential()
+            for k, (i, o) in enumerate(zip([in_channels, *dims[:-1]], dims)):
+                self.conv.add_module(f"conv{k}", nn.Conv2d(i, o, kernel_size=3, padding=1))
+        self.objectness_logits = nn.Conv2d(dims[-1], num_anchors, kernel_size=1)
+        self.anchor_deltas = nn.Conv2d(dims[-1], num_anchors * 4, kernel_size=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        _check_features(features, self.in_channels)
+        convs = [self.conv] if isinstance(self.conv, nn.Conv2d) else list(self.conv)
+        a = self.num_anchors
+        weight = torch.cat([self.objectness_logits.weight, self.anchor_deltas.weight])  # [5A, C', 1, 1]
+        bias = torch.cat([self.objectness_logits.bias, self.anchor_deltas.bias])
+        logits, deltas = [], []
+        for x in features:  # a loop over levels (sizes differ)
+            t = x
+            for conv in convs:
+                t = F.relu(conv(t), inplace=True)
+            out = F.conv2d(t, weight, bias).permute(0, 2, 3, 1)  # [N, H, W, 5A] channel-last
+            n, h, w, _ = out.shape
+            logits.append(out[..., :a].reshape(n, h * w * a))
+            deltas.append(out[..., a:].reshape(n, h * w * a, 4))  # channel a*4 + j -> [.., a, j]
+        return logits, deltas
+
+
+def _check_features(features: object, in_channels: int) -> None:
+    if isinstance(features, Tensor) or not isinstance(features, Sequence) or len(features) == 0:
+        raise ValueError("features must be a non-empty list of [N, C, H, W] tensors")
+    batch = None
+    for i, x in enumerate(features):
+        v.check_float(x, f"features[{i}]")
+        if x.dim() != 4:
+            raise ValueError(f"features[{i}] must have shape [N, C, H, W], got {list(x.shape)}")
+        if x.shape[1] != in_channels:
+            raise ValueError(f"features[{i}] has {x.shape[1]} channels; the RPN head expects {in_channels}")
+        if batch is None:
+            batch = x.shape[0]
+        elif x.shape[0] != batch:
+            raise ValueError(f"features[{i}] has batch size {x.shape[0]} but features[0] has {batch}")
+
+
+def rpn_targets(anchors: Tensor, gt_boxes: Sequence[Tensor], *,
+                thresholds: Sequence[float] = _RPN.iou_thresholds, labels: Sequence[int] = _RPN.iou_labels,
+                allow_low_quality_matches: bool = _RPN.allow_low_quality_matches,
+                batch_size_per_image: int = _RPN.batch_size_per_image,
+                positive_fraction: float = _RPN.positive_fraction,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """anchors [R, 4], N x gt [G, 4] -> (labels int8 [N, R] in {-1, 0, 1}, matched boxes [N, R, 4])."""
+    v.check_boxes(anchors, "anchors")
+    if isinstance(gt_boxes, Tensor) or not isinstance(gt_boxes, Sequence):
+        raise ValueError(f"gt_boxes must be a list with one [G, 4] tensor per image, got {type(gt_boxes).__name__}")
+    for n, gt in enumerate(gt_boxes):
+        v.check_boxes(gt, f"gt_boxes[{n}]")
+        v.check_same_device("anchors", anchors, f"gt_boxes[{n}]", gt)
+    r = anchors.shape[0]
+    dtype = anchors.dtype
+    for gt in gt_boxes:
+        dtype = torch.promote_types(dtype, gt.dtype)
+    out_labels = torch.full((len(gt_boxes), r), -1, dtype=torch.int8, device=anchors.device)
+    out_boxes = torch.zeros(len(gt_boxes), r, 4, dtype=dtype, device=anchors.device)
+    for n, gt in enumerate(gt_boxes):  # a loop over images
+        idx, match_labels = iou_match(gt, anchors, thresholds, labels, allow_low_quality_matches)
+        pos, neg = subsample_masks(match_labels, batch_size_per_image, positive_fraction, _RPN.bg_label, generator)
+        out_labels[n].masked_fill_(neg, 0).masked_fill_(pos, 1)
+        if gt.shape[0]:
+            out_boxes[n] = gt.to(dtype)[idx]
+    return out_labels, out_boxes
+
+
+def _smooth_l1(x: Tensor, beta: float) -> Tensor:
+    if beta < 1e-5:  # fvcore: plain L1
+        return x.abs()
+    n = x.abs()
+    return torch.where(n < beta, 0.5 * n * n / beta, n - 0.5 * beta)
+
+
+def rpn_losses(anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt_labels: Tensor, gt_boxes: Tensor, *,
+               batch_size_per_image: int = _RPN.batch_size_per_image,
+               weights: Sequence[float] = _RPN.box_coder.weights,
+               smooth_l1_beta: float = _RPN.smooth_l1_beta) -> dict[str, Tensor]:
+    """{"loss_rpn_cls", "loss_rpn_loc"}: BCE over labels {0, 1}, L1 over positives, both / (256 N)."""
+    v.check_boxes(anchors, "anchors", finite=False, ordered=False)
+    r = anchors.shape[0]
+    _check_shape(pred_logits, "pred_logits", (None, r), floating=True)
+    n = pred_logits.shape[0]
+    _check_shape(pred_deltas, "pred_deltas", (n, r, 4), floating=True)
+    _check_shape(gt_labels, "gt_labels", (n, r), floating=False)
+    _check_shape(gt_boxes, "gt_boxes", (n, r, 4), floating=True)
+    if n == 0:
+        raise ValueError("rpn_losses needs at least one image (the normalizer is batch_size_per_image * N)")
+    if batch_size_per_image <= 0:
+        raise ValueError(f"batch_size_per_image must be positive, got {batch_size_per_image}")
+    normalizer = batch_size_per_image * n
+    valid = gt_labels >= 0
+    positive = gt_labels == 1
+    zero = torch.zeros((), dtype=pred_logits.dtype, device=pred_logits.device)
+    bce = F.binary_cross_entropy_with_logits(pred_logits, positive.to(pred_logits.dtype), reduction="none")
+    loss_cls = torch.where(valid, bce, zero).sum()
+
+    a = anchors[None].expand(n, r, 4)
+    # non-positive anchors regress onto themselves (target 0): finite everywhere, masked out below
+    target_boxes = torch.where(positive[:, :, None], gt_boxes.to(a.dtype), a)
+    with v.value_checks(False):  # shapes checked above; a value scan would be a host sync
+        targets = encode_boxes(a.reshape(-1, 4), target_boxes.reshape(-1, 4), weights).reshape(n, r, 4)
+    loc = _smooth_l1(pred_deltas - targets.to(pred_deltas.dtype), smooth_l1_beta)
+    loss_loc = torch.where(positive[:, :, None], loc, zero.to(loc.dtype)).sum()
+    return {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer}
+
+
+def _check_shape(t: object, name: str, shape: tuple, floating: bool) -> None:
+    t = v.check_tensor(t, name)
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    if not floating and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        expected = ", ".join("N" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must have shape [{expected}], got {list(t.shape)}")
+
+
+class RPN(nn.Module):
+    """The RPN module: same forward contract and keys (rpn_head.*) as reference.RPN; anchors are cached."""
+
+    def __init__(self, cfg: RPNConfig = _RPN, anchor_cfg: AnchorConfig = _ANCHORS, in_channels: int = 256):
+        super().__init__()
+        self.cfg = cfg
+        self.anchor_cfg = anchor_cfg
+        self.rpn_head = RPNHead(in_channels, anchor_cfg.anchors_per_location, cfg.head_conv_dims)
+        self.anchor_cache = AnchorCache(anchor_cfg.sizes, anchor_cfg.aspect_ratios, anchor_cfg.strides,
+                                        anchor_cfg.offset, anchor_cfg.round_cell_anchors)
+
+    def anchors(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """Grid anchors per level, [Hi*Wi*A, 4] float32, memoised per feature sizes and device (read-only)."""
+        return self.anchor_cache([(x.shape[2], x.shape[3]) for x in features], features[0].device)
+
+    def forward(self, features: Sequence[Tensor] | Mapping[str, Tensor], image_sizes: Sequence[tuple[int, int]],
+                gt_boxes: Sequence[Tensor] | None = None,
+                generator: torch.Generator | None = None) -> tuple[list[tuple[Tensor, Tensor]], dict[str, Tensor]]:
+        cfg = self.cfg
+        if isinstance(features, Mapping):
+            features = [features[name] for name in cfg.in_features]
+        _check_features(features, self.rpn_head.in_channels)
+        if len(features) != len(self.anchor_cfg.strides):
+            raise ValueError(f"features has {len(features)} levels; the anchor config has "
+                             f"{len(self.anchor_cfg.strides)} (strides {self.anchor_cfg.strides})")
+        n = features[0].shape[0]
+        if len(image_sizes) != n:
+            raise ValueError(f"image_sizes has {len(image_sizes)} entries for {n} images")
+        logits, deltas = self.rpn_head(features)
+        anchors = self.anchors(features)
+
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if gt_boxes is None:
+                raise ValueError("gt_boxes is required in training mode (one [G, 4] tensor per image)")
+            if len(gt_boxes) != n:
+                raise ValueError(f"gt_boxes has {len(gt_boxes)} entries for {n} images")
+            all_anchors = torch.cat(anchors)
+            with torch.no_grad():
+                gt_labels, matched = rpn_targets(
+                    all_anchors, gt_boxes, thresholds=cfg.iou_thresholds, labels=cfg.iou_labels,
+                    allow_low_quality_matches=cfg.allow_low_quality_matches,
+                    batch_size_per_image=cfg.batch_size_per_image, positive_fraction=cfg.positive_fraction,
+                    generator=generator)
+            raw = rpn_losses(all_anchors, torch.cat(logits, dim=1), torch.cat(deltas, dim=1), gt_labels, matched,
+                             batch_size_per_image=cfg.batch_size_per_image, weights=cfg.box_coder.weights,
+                             smooth_l1_beta=cfg.smooth_l1_beta)
+            losses = {"loss_rpn_cls": raw["loss_rpn_cls"] * cfg.loss_weight,
+                      "loss_rpn_loc": raw["loss_rpn_loc"] * cfg.loss_weight * cfg.bbox_reg_loss_weight}
+
+        with torch.no_grad():
+            if self.training:
+                pre, post = cfg.pre_nms_topk_train, cfg.post_nms_topk_train
+            else:
+                pre, post = cfg.pre_nms_topk_test, cfg.post_nms_topk_test
+            proposals = decode_and_select(
+                anchors, [d.detach() for d in deltas], [x.detach() for x in logits], image_sizes,
+                weights=cfg.box_coder.weights, scale_clamp=cfg.box_coder.scale_clamp, nms_thresh=cfg.nms_thresh,
+                pre_nms_topk=pre, post_nms_topk=post, min_box_size=cfg.min_box_size, training=self.training)
+        return proposals, losses

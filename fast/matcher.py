@@ -4,7 +4,9 @@ Same contract as reference/matcher.py (d2-spec §2.5). Labels come from one ``bu
 half-open intervals; low-quality ties are found without a loop over GT.
 
 ``iou_match`` is the RPN's anchor labelling in bounded memory: IoU is computed chunk by chunk over the
-predictions (at most ``chunk_elems`` values alive at once, in the boxes' dtype: no float64 [G, P] blow-up).
+predictions (at most ``chunk_elems`` values alive at once, in the boxes' dtype: no float64 [G, P] blow-up),
+and within a chunk only for the GT that meet the chunk's bounding box (grid anchors come in spatial order,
+so a chunk is a band of the image and most GT are skipped).
 Pass 1 keeps each prediction's best GT and each GT's best IoU. Pass 2 looks for exact ties only among the
 predictions that can hold one: a prediction ties GT g only if its own best >= g's best, so only those whose
 best reaches the smallest per-GT best are recomputed (usually a few per cent). IoU uses the same IEEE
@@ -79,19 +81,54 @@ def iou_match(gt_boxes: Tensor, boxes: Tensor, thresholds: Sequence[float] = _RP
     gcol = [g[i][:, None] for i in range(4)] + [g_area[:, None]]  # five [G, 1] planes
 
     chunk = max(1, min(num_pred, chunk_elems // num_gt))
-    best = torch.empty(num_pred, dtype=dtype, device=boxes.device)
-    matches = torch.empty(num_pred, dtype=torch.int64, device=boxes.device)
-    gt_best = torch.full((num_gt,), float("-inf"), dtype=dtype, device=boxes.device)
-    for s in range(0, num_pred, chunk):  # a loop over chunks of predictions, not over boxes
-        e = min(s + chunk, num_pred)
-        iou = iou_planes(*gcol, a[0, None, s:e], a[1, None, s:e], a[2, None, s:e], a[3, None, s:e],
-                         a_area[None, s:e])  # [G, C]
-        torch.max(iou, dim=0, out=(best[s:e], matches[s:e]))
-        torch.maximum(gt_best, iou.amax(dim=1), out=gt_best)
+    best = torch.zeros(num_pred, dtype=dtype, device=boxes.device)
+    matches = torch.zeros(num_pred, dtype=torch.int64, device=boxes.device)
+    gt_best = torch.zeros(num_gt, dtype=dtype, device=boxes.device)  # every GT has IoU >= 0 with something
+    for s, e, rows in _active_rows(g, a, chunk):  # a loop over chunks of predictions, not over boxes
+        # Only GT rows whose box meets the chunk's bounding box can overlap its predictions; the others have
+        # IoU exactly 0 there. Where a prediction's best IoU is 0 its match is GT 0 (the first of equal
+        # maxima over all GT); where it is > 0, the first maximum among the active rows is the first overall.
+        sub = gcol if rows is None else [p[rows] for p in gcol]
+        iou = iou_planes(*sub, a[0, None, s:e], a[1, None, s:e], a[2, None, s:e], a[3, None, s:e],
+                         a_area[None, s:e])  # [G', C]
+        value, index = iou.max(dim=0)
+        best[s:e] = value
+        if rows is None:
+            matches[s:e] = index
+        else:
+            matches[s:e] = torch.where(value > 0, rows[index], 0)
+        row_best = iou.amax(dim=1)
+        if rows is None:
+            torch.maximum(gt_best, row_best, out=gt_best)
+        else:
+            gt_best[rows] = torch.maximum(gt_best[rows], row_best)
     out = _labels_from_quality(best, th, lb)
     if allow_low_quality_matches:
         _mark_low_quality(out, best, gt_best, gcol, a, a_area, chunk)
     return matches, out
+
+
+def _active_rows(g: Tensor, a: Tensor, chunk: int):
+    """Yield (start, end, rows) per chunk of predictions; rows = GT indices meeting the chunk's bounding box.
+
+    rows is None when every GT is active (no gather needed); chunks that no GT meets are skipped (their best
+    IoU is 0 and their match GT 0, the initial values). One host sync for the whole table.
+    """
+    num_pred = a.shape[1]
+    starts = torch.arange(0, num_pred, chunk, device=a.device)
+    ends = (starts + chunk).clamp_(max=num_pred)
+    # per-chunk extents: [chunks] each (a segmented min/max over the contiguous chunks)
+    pad = starts.numel() * chunk - num_pred
+    lo = torch.nn.functional.pad(a[:2], (0, pad), value=float("inf")).reshape(2, -1, chunk).amin(dim=2)
+    hi = torch.nn.functional.pad(a[2:4], (0, pad), value=float("-inf")).reshape(2, -1, chunk).amax(dim=2)
+    meets = ((g[0][None, :] < hi[0][:, None]) & (g[2][None, :] > lo[0][:, None])
+             & (g[1][None, :] < hi[1][:, None]) & (g[3][None, :] > lo[1][:, None]))  # [chunks, G]
+    num_gt = g.shape[1]
+    counts = meets.sum(dim=1).tolist()
+    for c, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        if counts[c] == 0:
+            continue
+        yield s, e, (None if counts[c] == num_gt else meets[c].nonzero().flatten())
 
 
 def _mark_low_quality(out: Tensor, best: Tensor, gt_best: Tensor, gcol: list[Tensor], a: Tensor, a_area: Tensor,

@@ -85,6 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("--device cuda was given but torch.cuda.is_available() is False")
+        # float32 tolerances assume IEEE float32 arithmetic: no TF32 in convolutions or matmuls
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     resolved: dict[str, _impls.Impl] = {}
     for name in _impl_names(config):
         try:

@@ -396,3 +396,21 @@ def check_clip(x: Any, cfg: MViTConfig, name: str = "x") -> Any:
                 f"{cfg.patch_stride[i]}, padding {cfg.patch_padding[i]}) and the poolings cannot handle: "
                 f"the {axis} grid would be {list(grid)}")
     return x
+
+
+# ---------------------------------------------------------------------------------------------- evaluation views
+@dataclass(frozen=True)
+class VideoEvalConfig:
+    """How a Kinetics-400 video is cut into views for MViT-B 16x4 (the seed's accuracy/complexity trade-off)."""
+
+    num_clips: int = cited(5, "P1 Table 4: 70.5 GFLOPs x 1 x 5 views (5 clips x 1 crop) on K400")
+    num_crops: int = cited(1, "P1 Table 4: 1 spatial crop")
+    clip_len: int = cited(16, "P1 §4: 16x4 = 16 frames")
+    frame_stride: int = cited(4, "P1 §4: 16x4 = a temporal stride of 4 frames")
+    short_side: int = cited(256, "tv MViT_V1_B_Weights transforms: resize_size=(256,)")
+    crop_size: int = cited(224, "tv MViT_V1_B_Weights transforms: crop_size=(224, 224)")
+    mean: tuple[float, float, float] = cited((0.45, 0.45, 0.45), "tv MViT_V1_B_Weights transforms mean (RGB, 0-1)")
+    std: tuple[float, float, float] = cited((0.225, 0.225, 0.225), "tv MViT_V1_B_Weights transforms std")
+
+
+K400_EVAL = VideoEvalConfig()

@@ -65,8 +65,9 @@ CASES = [("video", "reference"), ("video", "fast"), ("video", "torchvision"), ("
 
 
 @pytest.mark.benchmark(group="mvit")
-@pytest.mark.parametrize("variant, implementation", CASES, ids=[f"{v}-{i}" for v, i in CASES])
-def test_mvit_forward(benchmark, bench_device, timed, variant, implementation):
+@pytest.mark.parametrize("workload, implementation", CASES, ids=[f"{v}-{i}" for v, i in CASES])
+def test_mvit_forward(benchmark, bench_device, timed, workload, implementation):
+    variant = workload  # "video" (MViT-B 16x4) or "image" (MViT-B-16)
     device = str(bench_device)
     worst = check(variant, device)
     model, x = models(variant, device)[implementation], clip(variant, device)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spec import validate as v
 from spec.config import BASE_RCNN_FPN, FPNConfig
 
 _RESNET = BASE_RCNN_FPN.resnet
@@ -64,7 +65,8 @@ class FPN(nn.Module):
         return F.conv2d(x, _channels_last(conv.weight), conv.bias, conv.stride, conv.padding)
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        check_features(features, self.in_features, self.in_channels)
+        v.check_fpn_features(features, self.in_features, self.in_channels, UPSAMPLE,
+                             BASE_RCNN_FPN.input.size_divisibility)
         outputs: list[Tensor] = []
         top_down: Tensor | None = None
         for level, name in zip(reversed(self.levels), reversed(self.in_features)):  # coarsest first
@@ -80,41 +82,6 @@ class FPN(nn.Module):
         outputs.reverse()  # p2 .. p5
         outputs.append(outputs[-1][:, :, ::P6_STRIDE, ::P6_STRIDE].contiguous(memory_format=_CL))  # P6
         return dict(zip(self.cfg.out_features, outputs))
-
-
-def check_features(features: object, names: Sequence[str], channels: Sequence[int]) -> None:
-    """FPN.ERRORS: a mapping with every level, 4-D float tensors, the expected channels, sizes halving exactly."""
-    if not isinstance(features, Mapping):
-        raise TypeError(f"features must be a dict of level name -> [N, C, H, W] tensor, got "
-                        f"{type(features).__name__}")
-    missing = [n for n in names if n not in features]
-    if missing:
-        raise ValueError(f"features is missing levels {missing}; expected {list(names)}, got {list(features)}")
-    batch = None
-    for name, c in zip(names, channels):
-        t = features[name]
-        if not isinstance(t, Tensor):
-            raise TypeError(f"features[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"features[{name!r}] must have a floating dtype, got {t.dtype}")
-        if t.dim() != 4:
-            raise ValueError(f"features[{name!r}] must have shape [N, C, H, W], got {list(t.shape)}")
-        if t.shape[1] != c:
-            raise ValueError(f"features[{name!r}] must have {c} channels, got {t.shape[1]} "
-                             f"(shape {list(t.shape)})")
-        if batch is None:
-            batch = t.shape[0]
-        elif t.shape[0] != batch:
-            raise ValueError(f"features[{name!r}] has batch size {t.shape[0]} but features[{names[0]!r}] has "
-                             f"{batch}")
-    for fine, coarse in zip(names, names[1:]):
-        hf, wf = features[fine].shape[-2:]
-        hc, wc = features[coarse].shape[-2:]
-        if (hf, wf) != (UPSAMPLE * hc, UPSAMPLE * wc):
-            raise ValueError(
-                f"features[{fine!r}] is {hf}x{wf} but features[{coarse!r}] is {hc}x{wc}; each level must be "
-                f"exactly {UPSAMPLE}x the size of the next coarser one. Pad the input images to a multiple of "
-                f"32 (pad_images, size_divisibility) before the backbone")
 
 
 def _check_config(cfg: FPNConfig, in_channels: Sequence[int]) -> None:

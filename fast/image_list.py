@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from spec import validate as v
 from spec.config import BASE_RCNN_FPN
 
 _INPUT = BASE_RCNN_FPN.input
@@ -23,7 +24,7 @@ _INPUT = BASE_RCNN_FPN.input
 def pad_images(images: Sequence[Tensor], size_divisibility: int = _INPUT.size_divisibility,
                pad_value: float = _INPUT.pad_value) -> tuple[Tensor, list[tuple[int, int]]]:
     """list of [C, Hi, Wi] -> ([N, C, H, W] channels-last, [(Hi, Wi), ...])."""
-    _check_images(images)
+    v.check_images(images)
     if isinstance(size_divisibility, bool) or not isinstance(size_divisibility, int) or size_divisibility < 0:
         raise ValueError(f"size_divisibility must be a non-negative int, got {size_divisibility!r}")
     image_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
@@ -44,24 +45,3 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int = _INPUT.size_di
     return batch, image_sizes
 
 
-def _check_images(images: object) -> None:
-    if isinstance(images, Tensor) or not isinstance(images, Sequence):
-        raise TypeError(f"images must be a list of [C, H, W] tensors, got {type(images).__name__}")
-    if len(images) == 0:
-        raise ValueError("images must be a non-empty list of [C, H, W] tensors, got an empty list")
-    for i, img in enumerate(images):
-        if not isinstance(img, Tensor):
-            raise TypeError(f"images[{i}] must be a torch.Tensor, got {type(img).__name__}")
-        if img.dim() != 3:
-            raise ValueError(f"images[{i}] must have shape [C, H, W], got {list(img.shape)}")
-    first = images[0]
-    for i, img in enumerate(images):
-        if img.shape[0] != first.shape[0]:
-            raise ValueError(f"images must all have the same channel count: images[0] has {first.shape[0]}, "
-                             f"images[{i}] has {img.shape[0]}")
-        if img.dtype != first.dtype:
-            raise TypeError(f"images must all have the same dtype: images[0] is {first.dtype}, "
-                            f"images[{i}] is {img.dtype}")
-        if img.device != first.device:
-            raise ValueError(f"images must all be on one device: images[0] is on {first.device}, "
-                             f"images[{i}] is on {img.device}")

@@ -66,7 +66,7 @@ class RPNHead(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """features: L tensors [N, C, Hi, Wi] -> (logits: L x [N, Hi*Wi*A], deltas: L x [N, Hi*Wi*A, 4])."""
-        check_features(features, self.in_channels)
+        v.check_rpn_features(features, self.in_channels)
         convs = [self.conv] if isinstance(self.conv, nn.Conv2d) else list(self.conv)
         a = self.num_anchors
         logits, deltas = [], []
@@ -84,22 +84,6 @@ class RPNHead(nn.Module):
         return logits, deltas
 
 
-def check_features(features: object, in_channels: int) -> None:
-    """A non-empty list of float [N, C, Hi, Wi] maps with C == in_channels and one batch size.  # RPN.ERRORS"""
-    if isinstance(features, Tensor) or not isinstance(features, Sequence) or len(features) == 0:
-        raise ValueError(f"features must be a non-empty list of [N, C, H, W] tensors, got {type(features).__name__}"
-                         + (f" of length {len(features)}" if isinstance(features, Sequence) else ""))
-    batch = None
-    for i, x in enumerate(features):
-        v.check_float(x, f"features[{i}]")
-        if x.dim() != 4:
-            raise ValueError(f"features[{i}] must have shape [N, C, H, W], got {list(x.shape)}")
-        if x.shape[1] != in_channels:
-            raise ValueError(f"features[{i}] has {x.shape[1]} channels; the RPN head expects {in_channels}")
-        if batch is None:
-            batch = x.shape[0]
-        elif x.shape[0] != batch:
-            raise ValueError(f"features[{i}] has batch size {x.shape[0]} but features[0] has {batch}")
 
 
 # ------------------------------------------------------------------------------------------------ targets
@@ -249,7 +233,7 @@ class RPN(nn.Module):
         cfg = self.cfg
         if isinstance(features, Mapping):
             features = [features[name] for name in cfg.in_features]
-        check_features(features, self.rpn_head.in_channels)
+        v.check_rpn_features(features, self.rpn_head.in_channels)
         if len(features) != len(self.anchor_cfg.strides):
             raise ValueError(f"features has {len(features)} levels; the anchor config has "
                              f"{len(self.anchor_cfg.strides)} (strides {self.anchor_cfg.strides})")

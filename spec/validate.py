@@ -11,7 +11,7 @@ stay sync-free (CUDA-graph capture) wraps calls in ``value_checks(False)``; shap
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -171,3 +171,80 @@ def check_grid_args(feature_sizes: Sequence, strides: Sequence, cell_anchors: Se
             raise ValueError(f"feature sizes must be non-negative, got {(height, width)}")
         if not isinstance(cells, Tensor) or cells.dim() != 2 or cells.shape[1] != 4:
             raise ValueError(f"cell anchors must be tensors of shape [A, 4], got {getattr(cells, 'shape', cells)}")
+
+
+def check_fpn_features(features: object, names: Sequence[str], channels: Sequence[int], upsample: int = 2,
+                       size_divisibility: int = 32) -> None:
+    """FPN.ERRORS: a mapping with every level, 4-D float tensors, the expected channels, sizes halving exactly."""
+    if not isinstance(features, Mapping):
+        raise TypeError(f"features must be a dict of level name -> [N, C, H, W] tensor, got "
+                        f"{type(features).__name__}")
+    missing = [n for n in names if n not in features]
+    if missing:
+        raise ValueError(f"features is missing levels {missing}; expected {list(names)}, got {list(features)}")
+    batch = None
+    for name, c in zip(names, channels):
+        t = features[name]
+        if not isinstance(t, Tensor):
+            raise TypeError(f"features[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"features[{name!r}] must have a floating dtype, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"features[{name!r}] must have shape [N, C, H, W], got {list(t.shape)}")
+        if t.shape[1] != c:
+            raise ValueError(f"features[{name!r}] must have {c} channels, got {t.shape[1]} "
+                             f"(shape {list(t.shape)})")
+        if batch is None:
+            batch = t.shape[0]
+        elif t.shape[0] != batch:
+            raise ValueError(f"features[{name!r}] has batch size {t.shape[0]} but features[{names[0]!r}] has "
+                             f"{batch}")
+    for fine, coarse in zip(names, names[1:]):
+        hf, wf = features[fine].shape[-2:]
+        hc, wc = features[coarse].shape[-2:]
+        if (hf, wf) != (upsample * hc, upsample * wc):
+            raise ValueError(
+                f"features[{fine!r}] is {hf}x{wf} but features[{coarse!r}] is {hc}x{wc}; each level must be "
+                f"exactly {upsample}x the size of the next coarser one. Pad the input images to a multiple of "
+                f"{size_divisibility} (pad_images, size_divisibility) before the backbone")
+
+
+def check_images(images: object) -> None:
+    if isinstance(images, Tensor) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be a list of [C, H, W] tensors, got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError("images must be a non-empty list of [C, H, W] tensors, got an empty list")
+    for i, img in enumerate(images):
+        if not isinstance(img, Tensor):
+            raise TypeError(f"images[{i}] must be a torch.Tensor, got {type(img).__name__}")
+        if img.dim() != 3:
+            raise ValueError(f"images[{i}] must have shape [C, H, W], got {list(img.shape)}")
+    first = images[0]
+    for i, img in enumerate(images):
+        if img.shape[0] != first.shape[0]:
+            raise ValueError(f"images must all have the same channel count: images[0] has {first.shape[0]}, "
+                             f"images[{i}] has {img.shape[0]}")
+        if img.dtype != first.dtype:
+            raise TypeError(f"images must all have the same dtype: images[0] is {first.dtype}, "
+                            f"images[{i}] is {img.dtype}")
+        if img.device != first.device:
+            raise ValueError(f"images must all be on one device: images[0] is on {first.device}, "
+                             f"images[{i}] is on {img.device}")
+
+
+def check_rpn_features(features: object, in_channels: int) -> None:
+    """A non-empty list of float [N, C, Hi, Wi] maps with C == in_channels and one batch size.  # RPN.ERRORS"""
+    if isinstance(features, Tensor) or not isinstance(features, Sequence) or len(features) == 0:
+        raise ValueError(f"features must be a non-empty list of [N, C, H, W] tensors, got {type(features).__name__}"
+                         + (f" of length {len(features)}" if isinstance(features, Sequence) else ""))
+    batch = None
+    for i, x in enumerate(features):
+        check_float(x, f"features[{i}]")
+        if x.dim() != 4:
+            raise ValueError(f"features[{i}] must have shape [N, C, H, W], got {list(x.shape)}")
+        if x.shape[1] != in_channels:
+            raise ValueError(f"features[{i}] has {x.shape[1]} channels; the RPN head expects {in_channels}")
+        if batch is None:
+            batch = x.shape[0]
+        elif x.shape[0] != batch:
+            raise ValueError(f"features[{i}] has batch size {x.shape[0]} but features[0] has {batch}")

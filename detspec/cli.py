@@ -113,12 +113,15 @@ def _load_video(path: str):
         array = np.load(path, allow_pickle=False)
         return torch.from_numpy(np.ascontiguousarray(array))
     try:
-        from torchvision.io import read_video
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        raise ValueError(f"reading {path} needs torchvision.io with a video backend ({exc}); "
-                         "or pass frames as a [T, H, W, 3] .npy file") from exc
-    frames, _, _ = read_video(path, pts_unit="sec", output_format="THWC")
-    return frames
+        import av  # PyAV: the `video` extra
+    except ImportError as exc:
+        raise ValueError(f"reading {path} needs PyAV (pip install 'detspec[video]'), or pass frames as a "
+                         "[T, H, W, 3] .npy file") from exc
+    with av.open(path) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path} has no video frames")
+    return torch.from_numpy(np.stack(frames))  # [T, H, W, 3] uint8
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:

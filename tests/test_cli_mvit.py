@@ -64,3 +64,19 @@ def test_classify_rejects_bad_views(tv_weights, tmp_path, capsys):
     np.save(video, np.zeros((4, 8, 8, 3), dtype=np.uint8))
     assert main(["classify", str(video), "--weights", str(tv_weights), "--views", "five"]) == 2
     assert "views must look like" in capsys.readouterr().err
+
+
+def test_classify_reads_mp4(tv_weights, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(1)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv420p"
+        for _ in range(20):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert main(["classify", str(path), "--weights", str(tv_weights), "--views", "1x1"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 views of [3, 16, 224, 224]" in printed and "5. " in printed

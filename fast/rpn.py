@@ -125,11 +125,11 @@ def rpn_losses(anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt_lab
     """{"loss_rpn_cls", "loss_rpn_loc"}: BCE over labels {0, 1}, L1 over positives, both / (256 N)."""
     v.check_boxes(anchors, "anchors", finite=False, ordered=False)
     r = anchors.shape[0]
-    _check_shape(pred_logits, "pred_logits", (None, r), floating=True)
+    v.check_shape(pred_logits, "pred_logits", (None, r), floating=True)
     n = pred_logits.shape[0]
-    _check_shape(pred_deltas, "pred_deltas", (n, r, 4), floating=True)
-    _check_shape(gt_labels, "gt_labels", (n, r), floating=False)
-    _check_shape(gt_boxes, "gt_boxes", (n, r, 4), floating=True)
+    v.check_shape(pred_deltas, "pred_deltas", (n, r, 4), floating=True)
+    v.check_shape(gt_labels, "gt_labels", (n, r), floating=False)
+    v.check_shape(gt_boxes, "gt_boxes", (n, r, 4), floating=True)
     if n == 0:
         raise ValueError("rpn_losses needs at least one image (the normalizer is batch_size_per_image * N)")
     if batch_size_per_image <= 0:
@@ -149,17 +149,6 @@ def rpn_losses(anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt_lab
     loc = _smooth_l1(pred_deltas - targets.to(pred_deltas.dtype), smooth_l1_beta)
     loss_loc = torch.where(positive[:, :, None], loc, zero.to(loc.dtype)).sum()
     return {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer}
-
-
-def _check_shape(t: object, name: str, shape: tuple, floating: bool) -> None:
-    t = v.check_tensor(t, name)
-    if floating and not t.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
-    if not floating and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-        raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
-    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
-        expected = ", ".join("N" if s is None else str(s) for s in shape)
-        raise ValueError(f"{name} must have shape [{expected}], got {list(t.shape)}")
 
 
 class RPN(nn.Module):

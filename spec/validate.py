@@ -248,3 +248,16 @@ def check_rpn_features(features: object, in_channels: int) -> None:
             batch = x.shape[0]
         elif x.shape[0] != batch:
             raise ValueError(f"features[{i}] has batch size {x.shape[0]} but features[0] has {batch}")
+
+
+def check_shape(t: object, name: str, shape: tuple, floating: bool) -> Tensor:
+    """A tensor of the given shape (None = any size) and dtype kind (floating or integer)."""
+    t = check_tensor(t, name)
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    if not floating and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        expected = ", ".join("N" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must have shape [{expected}], got {list(t.shape)}")
+    return t

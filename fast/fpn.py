@@ -41,7 +41,7 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels: Sequence[int] = DEFAULT_IN_CHANNELS, cfg: FPNConfig = BASE_RCNN_FPN.fpn):
         super().__init__()
-        _check_config(cfg, in_channels)
+        v.check_fpn_config(cfg, in_channels, UPSAMPLE)
         self.cfg = cfg
         self.in_features = tuple(cfg.in_features)
         self.in_channels = tuple(int(c) for c in in_channels)
@@ -84,20 +84,3 @@ class FPN(nn.Module):
         return dict(zip(self.cfg.out_features, outputs))
 
 
-def _check_config(cfg: FPNConfig, in_channels: Sequence[int]) -> None:
-    if cfg.norm != "":
-        raise ValueError(f"only cfg.norm = '' (no norm, convs with bias) is implemented, got {cfg.norm!r}")
-    if cfg.fuse_type not in ("sum", "avg"):
-        raise ValueError(f"cfg.fuse_type must be 'sum' or 'avg', got {cfg.fuse_type!r}")
-    if cfg.top_block != "LastLevelMaxPool":
-        raise ValueError(f"only cfg.top_block = 'LastLevelMaxPool' is implemented, got {cfg.top_block!r}")
-    if len(in_channels) != len(cfg.in_features):
-        raise ValueError(f"in_channels must have one entry per input feature {list(cfg.in_features)}, "
-                         f"got {list(in_channels)}")
-    if any(isinstance(c, bool) or int(c) != c or c <= 0 for c in in_channels):
-        raise ValueError(f"in_channels must be positive ints, got {list(in_channels)}")
-    if len(cfg.out_features) != len(cfg.in_features) + 1 or len(cfg.strides) != len(cfg.out_features):
-        raise ValueError("cfg.out_features and cfg.strides must name each input level plus the top block's P6")
-    for fine, coarse in zip(cfg.strides, cfg.strides[1:]):
-        if coarse != UPSAMPLE * fine:
-            raise ValueError(f"cfg.strides must double from level to level, got {list(cfg.strides)}")

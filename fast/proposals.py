@@ -40,43 +40,6 @@ BLOCK = 64  # rows settled together by the static sweep
 
 
 # ------------------------------------------------------------------------------------------------ shared steps
-def _check_args(proposals: object, logits: object, image_sizes: object, nms_thresh: object,
-                pre_nms_topk: object, post_nms_topk: object, box_cols: int = 4) -> int:
-    """Shapes, dtypes and counts (no value reads); returns N."""
-    for name, value in (("proposals", proposals), ("logits", logits)):
-        if isinstance(value, Tensor) or not isinstance(value, Sequence) or len(value) == 0:
-            raise ValueError(f"{name} must be a non-empty list with one tensor per level")
-    if len(proposals) != len(logits):  # type: ignore[arg-type]
-        raise ValueError(f"proposals has {len(proposals)} levels but logits has {len(logits)}")  # type: ignore
-    num_images = None
-    for i, (b, s) in enumerate(zip(proposals, logits)):  # type: ignore[call-overload]
-        v.check_float(b, f"proposals[{i}]")
-        v.check_float(s, f"logits[{i}]")
-        if b.dim() != 3 or b.shape[2] != box_cols:
-            raise ValueError(f"proposals[{i}] must have shape [N, P, {box_cols}], got {list(b.shape)}")
-        if s.dim() != 2 or tuple(s.shape) != tuple(b.shape[:2]):
-            raise ValueError(f"logits[{i}] must have shape {[*b.shape[:2]]} (like proposals[{i}]), got {list(s.shape)}")
-        v.check_same_device(f"proposals[{i}]", b, f"logits[{i}]", s)
-        if num_images is None:
-            num_images = b.shape[0]
-        elif b.shape[0] != num_images:
-            raise ValueError(f"proposals[{i}] has {b.shape[0]} images but proposals[0] has {num_images}")
-    if isinstance(image_sizes, Tensor):
-        if image_sizes.dim() != 2 or image_sizes.shape[1] != 2 or image_sizes.shape[0] != num_images:
-            raise ValueError(f"image_sizes as a tensor must have shape [{num_images}, 2], "
-                             f"got {list(image_sizes.shape)}")
-    else:
-        if not isinstance(image_sizes, Sequence) or len(image_sizes) != num_images:
-            count = len(image_sizes) if isinstance(image_sizes, Sequence) else type(image_sizes).__name__
-            raise ValueError(f"image_sizes must have one (h, w) per image ({num_images}), got {count}")
-        for size in image_sizes:
-            if len(size) != 2 or min(float(x) for x in size) < 0:
-                raise ValueError(f"each image size must be a non-negative (h, w), got {size!r}")
-    v.check_threshold(nms_thresh, "nms_thresh")
-    for name, value in (("pre_nms_topk", pre_nms_topk), ("post_nms_topk", post_nms_topk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(num_images)  # type: ignore[arg-type]
 
 
 def _topk_per_level(logits: Sequence[Tensor], pre_nms_topk: int) -> tuple[Tensor, list[Tensor], list[int]]:
@@ -153,7 +116,7 @@ def select_proposals(proposals: Sequence[Tensor], logits: Sequence[Tensor], imag
                      post_nms_topk: int = _RPN.post_nms_topk_test, min_box_size: float = _RPN.min_box_size,
                      training: bool = False) -> list[tuple[Tensor, Tensor]]:
     """proposals L x [N, P_i, 4], logits L x [N, P_i] -> N x (boxes [K, 4], raw logits [K]), K <= T."""
-    num_images = _check_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
+    num_images = v.check_select_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
     if num_images == 0:
         return []
     scores, indices, ks = _topk_per_level(logits, pre_nms_topk)
@@ -170,7 +133,7 @@ def decode_and_select(anchors: Sequence[Tensor], deltas: Sequence[Tensor], logit
 
     anchors L x [P_i, 4]; deltas L x [N, P_i, 4]; logits L x [N, P_i].
     """
-    num_images = _check_args(deltas, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
+    num_images = v.check_select_args(deltas, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
     if len(anchors) != len(deltas):
         raise ValueError(f"anchors has {len(anchors)} levels but deltas has {len(deltas)}")
     if num_images == 0:
@@ -199,7 +162,7 @@ def select_proposals_static(proposals: Sequence[Tensor], logits: Sequence[Tensor
     host-to-device copies; a list is copied asynchronously through pinned memory on CUDA.
     """
     del training  # see the docstring: masking replaces the divergence check
-    num_images = _check_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
+    num_images = v.check_select_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
     ref = proposals[0]
     if num_images == 0:
         return (ref.new_zeros(0, post_nms_topk, 4), logits[0].new_zeros(0, post_nms_topk),

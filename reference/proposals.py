@@ -43,7 +43,7 @@ def select_proposals(proposals: Sequence[Tensor], logits: Sequence[Tensor], imag
        suppress each other.                                                             # PROPOSAL.NMS_PER_LEVEL
     6. the first post_nms_topk of the NMS result (sorted by logit), logits returned raw. # PROPOSAL.POST_NMS_TOPK
     """
-    num_images = check_select_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
+    num_images = v.check_select_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
     results = []
     for n in range(num_images):
         # steps 1-2: per-level top-k, concatenated, with level ids
@@ -76,37 +76,3 @@ def select_proposals(proposals: Sequence[Tensor], logits: Sequence[Tensor], imag
     return results
 
 
-def check_select_args(proposals: object, logits: object, image_sizes: object, nms_thresh: object,
-                      pre_nms_topk: object, post_nms_topk: object) -> int:
-    """Validate select_proposals' arguments; returns the number of images N."""
-    for name, value in (("proposals", proposals), ("logits", logits)):
-        if isinstance(value, Tensor) or not isinstance(value, Sequence) or len(value) == 0:
-            raise ValueError(f"{name} must be a non-empty list with one tensor per level")
-    if len(proposals) != len(logits):  # type: ignore[arg-type]
-        raise ValueError(f"proposals has {len(proposals)} levels but logits has {len(logits)}")  # type: ignore
-    num_images = None
-    for i, (b, s) in enumerate(zip(proposals, logits)):  # type: ignore[call-overload]
-        v.check_float(b, f"proposals[{i}]")
-        v.check_float(s, f"logits[{i}]")
-        if b.dim() != 3 or b.shape[2] != 4:
-            raise ValueError(f"proposals[{i}] must have shape [N, P, 4], got {list(b.shape)}")
-        if s.dim() != 2 or tuple(s.shape) != tuple(b.shape[:2]):
-            raise ValueError(f"logits[{i}] must have shape {[*b.shape[:2]]} (like proposals[{i}]), got {list(s.shape)}")
-        v.check_same_device(f"proposals[{i}]", b, f"logits[{i}]", s)
-        if num_images is None:
-            num_images = b.shape[0]
-        elif b.shape[0] != num_images:
-            raise ValueError(f"proposals[{i}] has {b.shape[0]} images but proposals[0] has {num_images}")
-    if isinstance(image_sizes, Tensor) and (image_sizes.dim() != 2 or image_sizes.shape[1] != 2):
-        raise ValueError(f"image_sizes as a tensor must have shape [N, 2], got {list(image_sizes.shape)}")
-    if not isinstance(image_sizes, (Sequence, Tensor)) or len(image_sizes) != num_images:
-        count = len(image_sizes) if isinstance(image_sizes, (Sequence, Tensor)) else type(image_sizes).__name__
-        raise ValueError(f"image_sizes must have one (h, w) per image ({num_images}), got {count}")
-    for size in image_sizes:
-        if len(size) != 2 or min(float(x) for x in size) < 0:
-            raise ValueError(f"each image size must be a non-negative (h, w), got {size!r}")
-    v.check_threshold(nms_thresh, "nms_thresh")
-    for name, value in (("pre_nms_topk", pre_nms_topk), ("post_nms_topk", post_nms_topk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(num_images)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reference.batch_norm import FrozenBatchNorm2d
+from spec import validate as v
 from spec.config import BASE_RCNN_FPN, ResNetConfig
 
 # Fixed architecture of detectron2's BasicStem and stage layout (not configurable in detectron2 either).
@@ -105,7 +106,7 @@ class ResNet(nn.Module):
     def __init__(self, cfg: ResNetConfig = BASE_RCNN_FPN.resnet,
                  in_channels: int = len(BASE_RCNN_FPN.input.pixel_mean)):
         super().__init__()
-        _check_config(cfg)
+        v.check_resnet_config(cfg)
         self.cfg = cfg
         self.in_channels = in_channels
         eps = cfg.frozen_bn_eps
@@ -163,12 +164,3 @@ class ResNet(nn.Module):
         return {name: outputs[name] for name in self.cfg.out_features}
 
 
-def _check_config(cfg: ResNetConfig) -> None:
-    if cfg.norm != "FrozenBN":
-        raise ValueError(f"only cfg.norm = 'FrozenBN' is implemented, got {cfg.norm!r}")
-    if cfg.depth < 50:
-        raise ValueError(f"only bottleneck ResNets (depth >= 50) are implemented, got depth {cfg.depth}")
-    if cfg.res5_dilation not in (1, 2):
-        raise ValueError(f"cfg.res5_dilation must be 1 or 2, got {cfg.res5_dilation}")
-    if not cfg.blocks_per_stage or any(n < 1 for n in cfg.blocks_per_stage):
-        raise ValueError(f"cfg.blocks_per_stage must be positive counts, got {cfg.blocks_per_stage}")

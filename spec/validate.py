@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -261,3 +262,74 @@ def check_shape(t: object, name: str, shape: tuple, floating: bool) -> Tensor:
         expected = ", ".join("N" if s is None else str(s) for s in shape)
         raise ValueError(f"{name} must have shape [{expected}], got {list(t.shape)}")
     return t
+
+
+def check_fpn_config(cfg: Any, in_channels: Sequence[int], upsample: int) -> None:
+    """FPNConfig and in_channels the FPN implementations support (FPN.CONVS, FPN.STRIDES)."""
+    if cfg.norm != "":
+        raise ValueError(f"only cfg.norm = '' (no norm, convs with bias) is implemented, got {cfg.norm!r}")
+    if cfg.fuse_type not in ("sum", "avg"):
+        raise ValueError(f"cfg.fuse_type must be 'sum' or 'avg', got {cfg.fuse_type!r}")
+    if cfg.top_block != "LastLevelMaxPool":
+        raise ValueError(f"only cfg.top_block = 'LastLevelMaxPool' is implemented, got {cfg.top_block!r}")
+    if len(in_channels) != len(cfg.in_features):
+        raise ValueError(f"in_channels must have one entry per input feature {list(cfg.in_features)}, "
+                         f"got {list(in_channels)}")
+    if any(isinstance(c, bool) or int(c) != c or c <= 0 for c in in_channels):
+        raise ValueError(f"in_channels must be positive ints, got {list(in_channels)}")
+    if len(cfg.out_features) != len(cfg.in_features) + 1 or len(cfg.strides) != len(cfg.out_features):
+        raise ValueError("cfg.out_features and cfg.strides must name each input level plus the top block's P6")
+    for fine, coarse in zip(cfg.strides, cfg.strides[1:]):
+        if coarse != upsample * fine:
+            raise ValueError(f"cfg.strides must double from level to level, got {list(cfg.strides)}")
+
+
+def check_resnet_config(cfg: Any) -> None:
+    """ResNetConfig choices the ResNet implementations support."""
+    if cfg.norm != "FrozenBN":
+        raise ValueError(f"only cfg.norm = 'FrozenBN' is implemented, got {cfg.norm!r}")
+    if cfg.depth < 50:
+        raise ValueError(f"only bottleneck ResNets (depth >= 50) are implemented, got depth {cfg.depth}")
+    if cfg.res5_dilation not in (1, 2):
+        raise ValueError(f"cfg.res5_dilation must be 1 or 2, got {cfg.res5_dilation}")
+    if not cfg.blocks_per_stage or any(n < 1 for n in cfg.blocks_per_stage):
+        raise ValueError(f"cfg.blocks_per_stage must be positive counts, got {cfg.blocks_per_stage}")
+
+
+def check_select_args(proposals: object, logits: object, image_sizes: object, nms_thresh: object,
+                pre_nms_topk: object, post_nms_topk: object, box_cols: int = 4) -> int:
+    """Shapes, dtypes and counts (no value reads); returns N."""
+    for name, value in (("proposals", proposals), ("logits", logits)):
+        if isinstance(value, Tensor) or not isinstance(value, Sequence) or len(value) == 0:
+            raise ValueError(f"{name} must be a non-empty list with one tensor per level")
+    if len(proposals) != len(logits):  # type: ignore[arg-type]
+        raise ValueError(f"proposals has {len(proposals)} levels but logits has {len(logits)}")  # type: ignore
+    num_images = None
+    for i, (b, s) in enumerate(zip(proposals, logits)):  # type: ignore[call-overload]
+        check_float(b, f"proposals[{i}]")
+        check_float(s, f"logits[{i}]")
+        if b.dim() != 3 or b.shape[2] != box_cols:
+            raise ValueError(f"proposals[{i}] must have shape [N, P, {box_cols}], got {list(b.shape)}")
+        if s.dim() != 2 or tuple(s.shape) != tuple(b.shape[:2]):
+            raise ValueError(f"logits[{i}] must have shape {[*b.shape[:2]]} (like proposals[{i}]), got {list(s.shape)}")
+        check_same_device(f"proposals[{i}]", b, f"logits[{i}]", s)
+        if num_images is None:
+            num_images = b.shape[0]
+        elif b.shape[0] != num_images:
+            raise ValueError(f"proposals[{i}] has {b.shape[0]} images but proposals[0] has {num_images}")
+    if isinstance(image_sizes, Tensor):
+        if image_sizes.dim() != 2 or image_sizes.shape[1] != 2 or image_sizes.shape[0] != num_images:
+            raise ValueError(f"image_sizes as a tensor must have shape [{num_images}, 2], "
+                             f"got {list(image_sizes.shape)}")
+    else:
+        if not isinstance(image_sizes, Sequence) or len(image_sizes) != num_images:
+            count = len(image_sizes) if isinstance(image_sizes, Sequence) else type(image_sizes).__name__
+            raise ValueError(f"image_sizes must have one (h, w) per image ({num_images}), got {count}")
+        for size in image_sizes:
+            if len(size) != 2 or min(float(x) for x in size) < 0:
+                raise ValueError(f"each image size must be a non-negative (h, w), got {size!r}")
+    check_threshold(nms_thresh, "nms_thresh")
+    for name, value in (("pre_nms_topk", pre_nms_topk), ("post_nms_topk", post_nms_topk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(num_images)  # type: ignore[arg-type]

@@ -10,10 +10,34 @@
       layout, which is the same, and save it as DST. Unexpected or missing keys and shape mismatches are
       errors that name the keys.
 
+  detspec convert SRC DST --from detectron2|torchvision|auto
+      Faster R-CNN R50-FPN: read a detectron2 model-zoo file (model_final_*.pkl, through a restricted unpickler
+      that admits numpy arrays only, or a .pth) or a torchvision fasterrcnn_resnet50_fpn state dict (.pth,
+      weights_only=True; renamed, background row moved last), check it against detspec's layout (= detectron2's,
+      d2-spec 5.1) and save DST as a detspec file (detspec.checkpoints.save_detspec).
+
   detspec classify VIDEO.npy|.mp4 --weights W [--model ...] [--views 5x1] [--impl fast|reference] [--json OUT]
       Multi-view video classification: N uniform clips x M crops, class probabilities averaged (K400 protocol
       for MViT-B 16x4: 5x1). Prints the top-5 classes and the cost as GFLOPs x views; --json also writes the
       logits of every view and the averaged probabilities over all classes.
+
+  detspec detect IMAGE... --weights W [--profile detectron2|torchvision] [--resize default|none] [--out DIR]
+      Run the Faster R-CNN; write DIR/detections.json (COCO results, original-image pixels) and one PNG per
+      image with the boxes and class names drawn (see detspec/detect.py).
+
+  detspec evaluate --annotations A --results R [--json OUT]
+      COCO box evaluation with pycocotools; prints the standard 12-number summary.
+
+  detspec bench [--suite NAME ...] [--device cpu|cuda] [--save NAME] [--compare NAME --fail-above PCT]
+      Run the pytest-benchmark suites; print the ratio table, write JSON and a PNG plot, gate regressions
+      against a saved baseline (see detspec/bench.py).
+
+  detspec vectors export DIR | detspec vectors check DIR --impl X
+      Golden vectors for ports outside Python: .npz cases plus a JSON manifest (seed, spec version, tolerances);
+      check an implementation against them (see detspec/vectors.py; the committed set is vectors/v1/).
+
+  detspec synth OUT_DIR [--images N] [--seed S] [--size H W]
+      Write the procedural synthetic shapes dataset (images/*.png + annotations.json, COCO format).
 """
 
 from __future__ import annotations
@@ -85,6 +109,12 @@ def _mvit_model(name: str, impl: str = "fast"):
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    if args.source != "torchvision-mvit":  # Faster R-CNN checkpoints
+        from detspec.checkpoints import convert_main
+
+        convert_main(args.src, args.dst, args.source)
+        return 0
+
     import torch
 
     state = _load_state_dict(args.src)
@@ -180,9 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert a checkpoint into detspec's layout")
     convert.add_argument("src")
     convert.add_argument("dst")
-    convert.add_argument("--from", dest="source", required=True, choices=("torchvision-mvit",),
-                         help="the checkpoint's origin (detectron2 and torchvision detection: not yet)")
-    convert.add_argument("--model", default="mvit_b_16x4", help="mvit_b_16x4 (mvit_v1_b), mvit_v2_s or mvit_b_16")
+    convert.add_argument("--from", dest="source", required=True,
+                         choices=("torchvision-mvit", "detectron2", "torchvision", "auto"),
+                         help="the checkpoint's origin: detectron2 (model_final_*.pkl or .pth) or torchvision "
+                              "(fasterrcnn_resnet50_fpn .pth) Faster R-CNN, auto to recognise those, or "
+                              "torchvision-mvit")
+    convert.add_argument("--model", default="mvit_b_16x4",
+                         help="torchvision-mvit only: mvit_b_16x4 (mvit_v1_b), mvit_v2_s or mvit_b_16")
     convert.set_defaults(func=_cmd_convert)
 
     classify = sub.add_parser("classify", help="multi-view MViT video classification")
@@ -194,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--labels", help="a text file with one class name per line")
     classify.add_argument("--json", metavar="OUT", help="write every view's logits and the averaged probabilities")
     classify.set_defaults(func=_cmd_classify)
+
+    from detspec import bench, coco, detect, vectors
+
+    bench.add_parser(sub)
+    vectors.add_parser(sub)
+    detect.add_parser(sub)
+    coco.add_evaluate_parser(sub)
+    coco.add_synth_parser(sub)
     return parser
 
 

@@ -218,8 +218,71 @@ register("PROPOSAL.POST_NMS_TOPK", "at most 1000 proposals per image are kept, s
 # ------------------------------------------------------------------------------------------------ ROI (issue 4)
 register("ROI.LEVELS", "ROIs are pooled from P2-P5 only; P6 is never pooled", "Base-RCNN-FPN.yaml ROI_HEADS",
          ("assign_levels",))
-register("ROI.LEVEL_FORMULA", "level = floor(4 + log2(sqrt(area)/224 + 1e-8)) clamped to [2, 5]",
-         "d2-spec §2.11", ("assign_levels",))
+register("ROI.LEVEL_FORMULA", "level = floor(4 + log2(sqrt(area)/224 + 1e-8)) clamped to [2, 5]: 111.99 -> P2, "
+         "112 -> P3, 224 -> P4, 448 -> P5, 1000 -> P5", "d2-spec §2.11, §3 level assignment", ("assign_levels",))
+register("ROI.LEVEL_EPS_TORCHVISION", "the torchvision profile adds its 1e-6 outside the log2",
+         "torchvision ops/poolers.py LevelMapper", ("assign_levels",))
+register("ROI.ALIGN_KNOWN", "ROIAlign on the 5x5 ramp, box (1, 1, 3, 3), 4x4 output, gives detectron2's known "
+         "values with aligned True and False", "d2-spec §3 ROIAlign [T]", ("roi_align",))
+register("ROI.ALIGN_EMPTY", "an empty ROI pools exactly 0 (adaptive grid of 0 samples); an empty set of ROIs "
+         "gives [0, C, 7, 7]", "d2-spec §2.11 item 6", ("roi_align",))
+register("ROI.ALIGN_OUT_OF_RANGE", "samples beyond one pixel outside the map contribute 0 but count in the "
+         "average; samples inside are clamped to the border", "d2-spec §2.11 item 5", ("roi_align",))
+register("ROI.ALIGN_SAMPLING", "sampling_ratio 0 uses ceil(roi size / output size) samples per bin; a positive "
+         "value uses that many; results match torchvision.ops.roi_align", "d2-spec §2.11 item 3",
+         ("roi_align",))
+register("ROI.ALIGN_ERRORS", "rois that are not [R, 5], batch indices outside [0, N), non-finite rois and "
+         "features that are not [N, C, H, W] raise ValueError", "DESIGN.md conventions", ("roi_align",))
+register("ROI.POOLER_ORDER", "the multi-level pooler keeps the input row order of (batch index, box) rows "
+         "from all images", "d2-spec §2.11", ("multilevel_roi_align",))
+register("ROI.POOLER_LEVELS", "each ROI is pooled from the level assign_levels gives it, with spatial scale "
+         "1/stride; results match torchvision MultiScaleRoIAlign in the torchvision profile", "d2-spec §2.11",
+         ("multilevel_roi_align",))
+register("ROI.SAMPLE_APPEND_GT", "in training the GT boxes are appended after the proposals", "d2-spec §2.10",
+         ("sample_rois",))
+register("ROI.SAMPLE_MATCH", "proposals match GT at IoU 0.5 without low-quality matches; matched proposals "
+         "take the GT class and box, the others the background class K", "d2-spec §2.10", ("sample_rois",))
+register("ROI.SAMPLE_COUNT", "at most 512 ROIs per image, at most 25% (128) foreground, foreground first",
+         "d2-spec §2.10", ("sample_rois",))
+register("ROI.BOX_HEAD", "the box head flattens (256, 7, 7) channel-major to 12544, then FC 12544->1024 + ReLU "
+         "and FC 1024->1024 + ReLU", "d2-spec §2.12", ("BoxHead",))
+register("ROI.PREDICTOR", "the predictor gives K+1 class logits (background last) and 4K class-specific deltas "
+         "(row 4c + j)", "d2-spec §2.12", ("BoxPredictor",))
+register("ROI.HEAD_PARAMS", "box head + predictor have 14,306,705 parameters for 80 classes", "d2-spec §3",
+         ("BoxHead", "BoxPredictor"))
+register("ROI.LOSS_CLS", "loss_cls is the mean softmax cross-entropy over all sampled ROIs, background "
+         "included; 0 without ROIs", "d2-spec §2.12", ("roi_losses",))
+register("ROI.LOSS_BOX", "loss_box_reg is L1 on the GT class's delta slot (weights 10, 10, 5, 5) over "
+         "foreground ROIs, divided by max(number sampled, 1)", "d2-spec §2.12", ("roi_losses",))
+register("ROI.INFER_THRESH", "inference keeps (ROI, class) pairs with score > 0.05 (strict), never the "
+         "background class", "d2-spec §2.13", ("fast_rcnn_inference",))
+register("ROI.INFER_NMS", "inference runs NMS at 0.5 per class, so boxes of different classes never suppress "
+         "each other", "d2-spec §2.13", ("fast_rcnn_inference",))
+register("ROI.INFER_TOPK", "at most 100 detections per image, sorted by score descending",
+         "d2-spec §2.13", ("fast_rcnn_inference",))
+register("ROI.INFER_CLIP", "decoded boxes are clipped to the unpadded image size before NMS; non-finite rows "
+         "are dropped", "d2-spec §2.13", ("fast_rcnn_inference",))
+register("ROI.POSTPROCESS", "detections are rescaled by (out_w / in_w, out_h / in_h), clipped to the output "
+         "size, and empty boxes dropped", "d2-spec §2.13 item 5", ("detector_postprocess",))
+
+
+# ------------------------------------------------------------------------------------------- detector (issue 5)
+register("RCNN.PARAMS", "the assembled Faster R-CNN has 41,699,936 parameters for 80 classes",
+         "d2-spec §3 parameter count", ("FasterRCNN",))
+register("RCNN.STATE_DICT", "the state_dict has detectron2's 295 tensors and key names", "d2-spec §5.1",
+         ("FasterRCNN",))
+register("RCNN.RESIZE", "the detectron2 test resize scales the short side to 800, caps the long side at 1333 "
+         "and rounds half up (427x640 -> 800x1199, 500x1000 -> 667x1333); the torchvision profile floors",
+         "d2-spec §1.1, §3 resize examples", ("FasterRCNN",))
+register("RCNN.NORMALIZE", "pixels are normalized (x - mean) / std in the profile's channel order, then padded "
+         "with 0 to a multiple of 32", "d2-spec §1.1", ("FasterRCNN",))
+register("RCNN.TRAIN_LOSSES", "training returns exactly loss_rpn_cls, loss_rpn_loc, loss_cls and loss_box_reg, "
+         "all finite, with gradients reaching every trainable parameter", "d2-spec §2.12", ("FasterRCNN",))
+register("RCNN.EVAL_OUTPUT", "eval returns per image boxes in original-image coordinates, scores and classes, "
+         "at most 100, sorted by score", "d2-spec §2.13", ("FasterRCNN",))
+register("RCNN.TORCHVISION_EQUIVALENCE", "with converted torchvision weights in the torchvision profile, the "
+         "proposals and detections equal torchvision fasterrcnn_resnet50_fpn's (boxes 1e-3 relative, scores "
+         "1e-4, same classes)", "issue 5; torchvision models/detection", ("FasterRCNN",))
 
 
 # ------------------------------------------------------------------------------------------------ MViT (issue 6)

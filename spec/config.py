@@ -43,6 +43,10 @@ class InputConfig:
     min_size_test: int = cited(800, "defaults.py INPUT.MIN_SIZE_TEST")
     max_size_test: int = cited(1333, "defaults.py INPUT.MAX_SIZE_TEST")
     resize_rounding: str = cited("half_up", "data/transforms/transform.py: int(x * scale + 0.5)")
+    resize_interpolation: str = cited(
+        "bilinear_antialias", "data/transforms/transform.py ResizeTransform: PIL BILINEAR (antialiased when "
+        "shrinking) on uint8 images; detspec uses torch's antialiased bilinear, which follows PIL")
+    normalize_before_resize: bool = cited(False, "detectron2 resizes in the data mapper, normalizes in the model")
     min_gt_box_side: float = cited(1e-5, "data/detection_utils.py: GT boxes with side <= 1e-5 are removed")
 
 
@@ -148,7 +152,10 @@ class RPNConfig:
 class ROIHeadsConfig:
     in_features: tuple[str, ...] = cited(("p2", "p3", "p4", "p5"), "Base-RCNN-FPN.yaml ROI_HEADS.IN_FEATURES (no p6)")
     num_classes: int = cited(80, "defaults.py ROI_HEADS.NUM_CLASSES (foreground only)")
+    # detspec's own layout always puts background last. A profile whose source framework puts it first
+    # (torchvision) is converted on load: its row 0 moves to the end, so detspec class c = its label c + 1.
     background_label: str = cited("last", "modeling/roi_heads/fast_rcnn.py: background = K = num_classes")
+    source_background_label: str = cited("last", "modeling/roi_heads/fast_rcnn.py: background = K = num_classes")
     iou_thresholds: tuple[float, ...] = cited((0.5,), "defaults.py ROI_HEADS.IOU_THRESHOLDS")
     iou_labels: tuple[int, ...] = cited((0, 1), "defaults.py ROI_HEADS.IOU_LABELS")
     allow_low_quality_matches: bool = cited(False, "roi_heads/roi_heads.py")
@@ -158,6 +165,7 @@ class ROIHeadsConfig:
     canonical_box_size: float = cited(224.0, "modeling/poolers.py canonical_box_size")
     canonical_level: int = cited(4, "modeling/poolers.py canonical_level")
     level_eps: float = cited(1e-8, "modeling/poolers.py assign_boxes_to_levels: log2(sqrt(area)/224 + 1e-8)")
+    level_eps_in_log: bool = cited(True, "modeling/poolers.py: the epsilon is added inside the log2")
     min_level: int = cited(2, "p2 = first ROI_HEADS.IN_FEATURES")
     max_level: int = cited(5, "p5 = last ROI_HEADS.IN_FEATURES")
 
@@ -188,6 +196,8 @@ class InferenceConfig:
     score_thresh: float = cited(0.05, "defaults.py ROI_HEADS.SCORE_THRESH_TEST (strict >)")
     nms_thresh: float = cited(0.5, "defaults.py ROI_HEADS.NMS_THRESH_TEST (per class)")
     detections_per_image: int = cited(100, "defaults.py TEST.DETECTIONS_PER_IMAGE")
+    min_box_size: float | None = cited(None, "fast_rcnn.py fast_rcnn_inference_single_image: no size filter")
+    drop_nonfinite: bool = cited(True, "fast_rcnn.py: rows with non-finite boxes or scores are dropped")
 
 
 # ---------------------------------------------------------------------------------------------- known values
@@ -199,7 +209,10 @@ class ParameterCounts:
     fpn: int = cited(3_344_384, "d2-spec §3: laterals 984,064 + outputs 2,360,320")
     rpn_head: int = cited(593_935, "d2-spec §3: conv 590,080 + objectness 771 + deltas 3,084")
     frozen_by_freeze_at_2: int = cited(222_400, "d2-spec §3: stem + res2")
+    box_head_and_predictor: int = cited(14_306_705, "d2-spec §3: fc1 12,846,080 + fc2 1,049,600 + cls_score "
+                                        "83,025 + bbox_pred 328,000")
     faster_rcnn_80_classes: int = cited(41_699_936, "d2-spec §3: backbone + RPN + box head and predictor")
+    faster_rcnn_state_dict_tensors: int = cited(295, "d2-spec §5.1: 53 convs x 5 + FPN 16 + RPN 6 + box head 8")
 
 
 PARAMETER_COUNTS = ParameterCounts()
@@ -233,6 +246,9 @@ TORCHVISION = FasterRCNNConfig(
         pixel_scale=1.0,
         min_size_train=(800,),  # tv:faster_rcnn.py min_size=800
         max_size_train=1333,
+        resize_rounding="floor",  # tv:transform.py interpolate(scale_factor, recompute_scale_factor=True)
+        resize_interpolation="bilinear",  # tv:transform.py F.interpolate(mode="bilinear", align_corners=False)
+        normalize_before_resize=True,  # tv:transform.py GeneralizedRCNNTransform.forward: normalize, resize
     ),
     resnet=replace(ResNetConfig(), stride_in_1x1=False, freeze_at=2),  # torchvision Bottleneck: stride on 3x3
     anchors=replace(AnchorConfig(), round_cell_anchors=True),  # tv:anchor_utils.py base_anchors.round()
@@ -244,11 +260,18 @@ TORCHVISION = FasterRCNNConfig(
     ),
     roi_heads=replace(
         ROIHeadsConfig(),
-        background_label="first",  # tv:roi_heads.py: label 0 is background
+        source_background_label="first",  # tv:roi_heads.py: label 0 is background (moved last on conversion)
         num_classes=90,  # tv:faster_rcnn.py num_classes=91 including background
         level_eps=1e-6,  # tv ops/poolers.py LevelMapper eps=1e-6
+        level_eps_in_log=False,  # tv ops/poolers.py: floor(4 + log2(s / 224) + eps), eps outside the log
     ),
-    box_head=replace(BoxHeadConfig(), pooler_sampling_ratio=2, aligned=False, pooler_type="ROIAlign"),
+    box_head=replace(BoxHeadConfig(), pooler_sampling_ratio=2, aligned=False, pooler_type="ROIAlign",
+                     smooth_l1_beta=1.0 / 9.0),  # tv:roi_heads.py fastrcnn_loss smooth_l1 beta=1/9
+    inference=replace(
+        InferenceConfig(),
+        min_box_size=1e-2,  # tv:roi_heads.py postprocess_detections remove_small_boxes(min_size=1e-2)
+        drop_nonfinite=False,  # tv:roi_heads.py has no finiteness filter
+    ),
 )
 
 PROFILES: dict[str, FasterRCNNConfig] = {"detectron2": BASE_RCNN_FPN, "torchvision": TORCHVISION}

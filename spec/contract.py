@@ -88,6 +88,72 @@ class BatchedNMS(Protocol):
         """NMS independently per group id; kept indices merged in descending score order."""
 
 
+# ------------------------------------------------------------------------------------------------ ROI stage
+# Shape legend: R ROIs over the whole batch; K foreground classes (background is column/label K, the last);
+# S sampled ROIs of one image; D detections of one image. ``rois`` rows are (batch_index, x1, y1, x2, y2).
+
+
+class AssignLevels(Protocol):
+    def __call__(self, boxes: Tensor, min_level: int = 2, max_level: int = 5, canonical_box_size: float = 224.0,
+                 canonical_level: int = 4, eps: float = 1e-8, eps_in_log: bool = True) -> Tensor:
+        """boxes [R,4] -> int64 [R] absolute FPN level k in [min_level, max_level]:
+        k = floor(canonical_level + log2(sqrt(area) / canonical_box_size + eps)) (eps_in_log) or
+        floor(canonical_level + log2(sqrt(area) / canonical_box_size) + eps) (torchvision), then clamped."""
+
+
+class ROIAlign(Protocol):
+    def __call__(self, features: Tensor, rois: Tensor, output_size: int | tuple[int, int],
+                 spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+        """features [N,C,H,W], rois [R,5] -> [R,C,oh,ow]; torchvision.ops.roi_align's argument order and
+        semantics (sampling_ratio <= 0 = adaptive ceil(roi size / output size); aligned = -0.5 pixel shift)."""
+
+
+class MultilevelROIAlign(Protocol):
+    def __call__(self, features: Sequence[Tensor], rois: Tensor, output_size: int = 7,
+                 strides: Sequence[int] = (4, 8, 16, 32), sampling_ratio: int = 0, aligned: bool = True,
+                 canonical_box_size: float = 224.0, canonical_level: int = 4, eps: float = 1e-8,
+                 eps_in_log: bool = True) -> Tensor:
+        """L maps [N,C,Hi,Wi] (level i has stride strides[i] = 2**k), rois [R,5] -> [R,C,out,out] in row order;
+        each ROI is pooled from the level assign_levels gives it (min/max level from the strides)."""
+
+
+class SampleROIs(Protocol):
+    def __call__(self, proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor], gt_classes: Sequence[Tensor],
+                 num_classes: int, batch_size_per_image: int = 512, positive_fraction: float = 0.25,
+                 iou_threshold: float = 0.5, append_gt: bool = True,
+                 generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per image: proposals [P,4], gt_boxes [G,4], gt_classes int64 [G] in [0, K) ->
+        (boxes [S,4], classes int64 [S] with background = num_classes, matched GT boxes [S,4]);
+        foreground rows first, then background. Background rows carry the matched GT box (zeros when the image
+        has no GT); it carries no loss."""
+
+
+class ROILosses(Protocol):
+    def __call__(self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, gt_classes: Tensor,
+                 gt_boxes: Tensor, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+                 smooth_l1_beta: float = 0.0) -> dict[str, Tensor]:
+        """class_logits [R,K+1], box_deltas [R,4K], proposals/gt_boxes [R,4], gt_classes int64 [R] ->
+        {"loss_cls": mean CE, "loss_box_reg": sum over foreground of the GT-class slot / max(R, 1)}."""
+
+
+class FastRCNNInference(Protocol):
+    def __call__(self, boxes: Sequence[Tensor], scores: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_image: int = 100,
+                 min_box_size: float | None = None,
+                 drop_nonfinite: bool = True) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per image: decoded boxes [Ri,4K], softmax scores [Ri,K+1] (background last), (h, w) ->
+        (boxes [D,4], scores [D], classes int64 [D], roi_index int64 [D] = the row each came from), sorted by
+        score descending, D <= topk_per_image. min_box_size (torchvision) drops boxes with a side < it
+        before NMS; drop_nonfinite (detectron2) drops rows with a non-finite box or score first."""
+
+
+class DetectorPostprocess(Protocol):
+    def __call__(self, boxes: Tensor, input_size: tuple[int, int],
+                 output_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """boxes [D,4] at the network's input size -> (boxes rescaled to output_size and clipped, keep mask [D]
+        of boxes with width and height > 0)."""
+
+
 # name -> Protocol. Later issues add select_proposals, assign_levels, roi_align, ... and module classes.
 CONTRACT: dict[str, type] = {
     "pairwise_iou": PairwiseIoU,
@@ -103,6 +169,13 @@ CONTRACT: dict[str, type] = {
     "subsample_labels": SubsampleLabels,
     "nms": NMS,
     "batched_nms": BatchedNMS,
+    "assign_levels": AssignLevels,
+    "roi_align": ROIAlign,
+    "multilevel_roi_align": MultilevelROIAlign,
+    "sample_rois": SampleROIs,
+    "roi_losses": ROILosses,
+    "fast_rcnn_inference": FastRCNNInference,
+    "detector_postprocess": DetectorPostprocess,
 }
 
 
@@ -110,7 +183,7 @@ CONTRACT: dict[str, type] = {
 # them; an implementation without them gets "not implemented" for those clauses.
 PLANNED: tuple[str, ...] = (
     "pad_images", "rpn_targets", "rpn_losses", "select_proposals",
-    "assign_levels", "roi_align", "multilevel_roi_align", "fast_rcnn_inference",
+    "BoxHead", "BoxPredictor",
     "ResNet", "FPN", "RPNHead", "RPN", "ROIHeads", "FasterRCNN", "PoolingAttention", "MultiScaleBlock", "MViT",
 )
 

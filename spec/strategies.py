@@ -118,3 +118,122 @@ def scored_boxes(draw, min_n: int = 0, max_n: int = 60, groups: int = 1):
     scores = (torch.tensor(perm, dtype=torch.float64) + 1.0) / (n + 1.0)
     ids = draw(st.lists(st.integers(0, max(groups - 1, 0)), min_size=n, max_size=n))
     return b, scores, torch.tensor(ids, dtype=torch.int64)
+
+
+# ------------------------------------------------------------------------------------------------ ROI stage
+def _on_grid(v: float, step: float | None) -> float:
+    return round(v / step) * step if step else v
+
+
+@st.composite
+def rois(draw, num_images: int = 1, map_size: tuple[int, int] = (8, 8), spatial_scale: float = 1.0,
+         min_n: int = 0, max_n: int = 12) -> torch.Tensor:
+    """[R, 5] float64 rows (batch_index, x1, y1, x2, y2) in input pixels, for [num_images, C, H, W] maps of
+    `map_size` (H, W) pooled at `spatial_scale`.
+
+    Mixes boxes inside the map, crossing its border, larger than it, wholly beyond the one-pixel margin on
+    one axis, with zero width and/or height, sub-pixel (aligned=False widens them to one pixel) and exact
+    copies (possibly for another image). Batch indices come in any order. Coordinates lie on a half-pixel
+    grid of the map, or are free floats.
+    """
+    h, w = map_size
+    px = 1.0 / spatial_scale  # one feature-map pixel, in input pixels
+    ext = (w * px, h * px)  # the map's extent in input pixels, (x, y)
+    step = draw(st.sampled_from([px / 2, None]))
+    unit = st.floats(0.0, 1.0, allow_nan=False)
+    n = draw(st.integers(min_n, max_n))
+    out: list[list[float]] = []
+    for _ in range(n):
+        b = float(draw(st.integers(0, max(num_images - 1, 0))))
+        kind = draw(st.sampled_from(["inside", "inside", "crossing", "large", "outside", "empty", "tiny"]
+                                    + (["copy"] if out else [])))
+        if kind == "copy":
+            out.append([b] + draw(st.sampled_from(out))[1:])
+            continue
+        outside_axis = draw(st.integers(0, 1))
+        row = [b]
+        for axis in (0, 1):
+            e = ext[axis]
+            if kind in ("inside", "empty", "tiny"):
+                lo = _on_grid(draw(unit) * e, step)
+                size = {"inside": draw(unit) * (e - lo), "empty": 0.0, "tiny": draw(unit) * px}[kind]
+            elif kind == "crossing":
+                lo, size = _on_grid(-e / 2 + draw(unit) * 1.5 * e, step), draw(unit) * e
+            elif kind == "large":
+                lo, size = _on_grid(-draw(unit) * e, step), e + draw(unit) * 2 * e
+            elif axis == outside_axis:  # "outside": every sample lies beyond the one-pixel margin
+                size = draw(unit) * e / 2
+                if draw(st.booleans()):
+                    lo = _on_grid(e + 2 * px + draw(unit) * e, step)
+                else:
+                    lo = _on_grid(-2 * px - size - draw(unit) * e, step) - (step or 0.0)
+            else:
+                lo, size = _on_grid(draw(unit) * e, step), draw(unit) * e / 2
+            if kind == "empty" and axis != outside_axis and draw(st.booleans()):
+                size = draw(unit) * e / 2  # zero width or zero height only
+            row += [lo, lo + _on_grid(size, step)]
+        out.append([row[0], row[1], row[3], row[2], row[4]])
+    return torch.tensor(out, dtype=torch.float64).reshape(n, 5)
+
+
+_pyramid_sides = st.one_of(
+    st.sampled_from([0.0, 16.0, 28.0, 56.0, 111.99, 112.0, 223.9, 224.0, 447.9, 448.0, 896.0, 1000.0]),
+    st.integers(0, 1100).map(float),
+    st.floats(0.0, 1100.0, allow_nan=False, allow_infinity=False, width=32),
+)
+
+
+@st.composite
+def pyramid_boxes(draw, min_n: int = 0, max_n: int = 20, max_origin: float = 1200.0) -> torch.Tensor:
+    """[N, 4] float64 XYXY boxes whose sqrt(area) spans every FPN level of the box pooler (P2..P5 and beyond):
+    exact level boundaries (sides 112, 224, 448 and products such as 56 x 224), zero area, and free sizes."""
+    n = draw(st.integers(min_n, max_n))
+    origin = st.floats(-100.0, max_origin, allow_nan=False, allow_infinity=False, width=32)
+    out = []
+    for _ in range(n):
+        x1, y1, w, h = draw(origin), draw(origin), draw(_pyramid_sides), draw(_pyramid_sides)
+        out.append((x1, y1, x1 + w, y1 + h))
+    return torch.tensor(out, dtype=torch.float64).reshape(n, 4)
+
+
+@st.composite
+def class_boxes_and_scores(draw, min_r: int = 0, max_r: int = 30, max_k: int = 4,
+                           image_size: tuple[int, int] = (100, 120), score_thresh: float = 0.05,
+                           num_classes: int | None = None):
+    """(boxes [R, 4K] float64, scores [R, K+1] float64, background last) for fast_rcnn_inference.
+
+    K is `num_classes`, or drawn from [1, max_k] (give it for the images of one batch, which share K).
+
+    Each ROI has a base box (some crossing the image border, some copies of an earlier ROI's) and one jittered
+    box per class, so boxes overlap within a class and across classes. Scores are distinct (no order ties)
+    and none lies within 1e-4 of `score_thresh` (float32 rounding cannot move a score across it).
+    """
+    k = num_classes if num_classes is not None else draw(st.integers(1, max_k))
+    r = draw(st.integers(min_r, max_r))
+    h, w = image_size
+    integer = draw(st.booleans())
+    coord = (st.integers(-20, max(w, h)).map(float) if integer
+             else st.floats(-20.0, float(max(w, h)), allow_nan=False, width=32))
+    side = st.integers(1, max(w, h) // 2).map(float) if integer else st.floats(1.0, max(w, h) / 2.0, width=32)
+    bases: list[tuple[float, float, float, float]] = []
+    rows = []
+    for _ in range(r):
+        if bases and draw(st.booleans()):
+            base = draw(st.sampled_from(bases))
+        else:
+            x1, y1 = draw(coord), draw(coord)
+            base = (x1, y1, x1 + draw(side), y1 + draw(side))
+        bases.append(base)
+        row = []
+        for _ in range(k):
+            d = draw(st.lists(st.integers(-4, 4), min_size=4, max_size=4))
+            x1, y1 = base[0] + d[0], base[1] + d[1]
+            row += [x1, y1, max(x1 + 1.0, base[2] + d[2]), max(y1 + 1.0, base[3] + d[3])]
+        rows.append(row)
+    boxes = torch.tensor(rows, dtype=torch.float64).reshape(r, 4 * k)
+    total = r * (k + 1)
+    perm = draw(st.permutations(list(range(total))))
+    scores = (torch.tensor(perm, dtype=torch.float64) + 1.0) / (total + 1.0)
+    near = (scores - score_thresh).abs() < 1e-4
+    scores = torch.where(near, scores + 2e-4, scores)  # spacing 1 / (total + 1) >> 2e-4 keeps them distinct
+    return boxes, scores.reshape(r, k + 1)

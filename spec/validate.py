@@ -11,6 +11,7 @@ stay sync-free (CUDA-graph capture) wraps calls in ``value_checks(False)``; shap
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -333,3 +334,155 @@ def check_select_args(proposals: object, logits: object, image_sizes: object, nm
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     return int(num_images)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ ROI stage
+def check_roi_features(features: object, name: str = "features") -> Tensor:
+    """ROI.ALIGN_ERRORS: one floating [N, C, H, W] map."""
+    f = check_float(features, name)
+    if f.dim() != 4:
+        raise ValueError(f"{name} must have shape [N, C, H, W], got {list(f.shape)}")
+    return f
+
+
+def check_rois(rois: object, num_images: int, name: str = "rois") -> Tensor:
+    """ROI.ALIGN_ERRORS: floating [R, 5] rows (batch_index, x1, y1, x2, y2), finite, batch indices integral
+    and in [0, num_images). Boxes are not required to be ordered (an inverted box pools 0, as in torchvision)."""
+    r = check_float(rois, name)
+    if r.dim() != 2 or r.shape[1] != 5:
+        raise ValueError(f"{name} must have shape [R, 5] with rows (batch_index, x1, y1, x2, y2), "
+                         f"got {list(r.shape)}")
+    check_finite(r, name)
+    if _VALUE_CHECKS and r.numel():
+        idx = r[:, 0]
+        bad = (idx != torch.round(idx)) | (idx < 0) | (idx >= num_images)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name}[:, 0] must hold integral batch indices in [0, {num_images}); "
+                             f"row {i} has {float(idx[i])}")
+    return r
+
+
+def check_roi_align_args(output_size: object, spatial_scale: object, sampling_ratio: object) -> tuple[int, int]:
+    """roi_align's scalars: output_size an int or (oh, ow) of positive ints, spatial_scale a positive finite
+    number, sampling_ratio an int (<= 0 = adaptive). Returns (oh, ow)."""
+    size = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in size)):
+        raise ValueError(f"output_size must be a positive int or a pair (oh, ow) of positive ints, "
+                         f"got {output_size!r}")
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float)):
+        raise TypeError(f"spatial_scale must be a number, got {type(spatial_scale).__name__}")
+    if not (math.isfinite(spatial_scale) and spatial_scale > 0):
+        raise ValueError(f"spatial_scale must be a positive finite number, got {spatial_scale}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+        raise TypeError(f"sampling_ratio must be an int (<= 0 for adaptive), got {sampling_ratio!r}")
+    return int(size[0]), int(size[1])
+
+
+def check_level_features(features: object, strides: Sequence[int]) -> list[Tensor]:
+    """ROI.POOLER_LEVELS: a non-empty sequence of floating [N, C, Hi, Wi] maps, one per stride, with one batch
+    size, channel count, dtype and device; strides positive powers of two that double from level to level
+    (level i is FPN level log2(strides[i])). Returns the maps as a list."""
+    if isinstance(features, Mapping):
+        raise TypeError("features must be a sequence of [N, C, H, W] tensors in level order (read a dict in "
+                        "cfg.in_features order first)")
+    if isinstance(features, Tensor) or not isinstance(features, Sequence) or len(features) == 0:
+        raise ValueError(f"features must be a non-empty list of [N, C, H, W] tensors, got {type(features).__name__}"
+                         + (f" of length {len(features)}" if isinstance(features, Sequence) else ""))
+    st = list(strides)
+    if len(st) != len(features):
+        raise ValueError(f"features has {len(features)} levels but strides has {len(st)} entries ({st})")
+    for s in st:
+        if isinstance(s, bool) or int(s) != s or s <= 0 or (int(s) & (int(s) - 1)) != 0:
+            raise ValueError(f"strides must be positive powers of two, got {st}")
+    if any(b != 2 * a for a, b in zip(st, st[1:])):
+        raise ValueError(f"strides must double from level to level (consecutive FPN levels), got {st}")
+    maps = [check_roi_features(x, f"features[{i}]") for i, x in enumerate(features)]
+    first = maps[0]
+    for i, x in enumerate(maps):
+        if x.shape[:2] != first.shape[:2]:
+            raise ValueError(f"features[{i}] has [N, C] = {list(x.shape[:2])} but features[0] has "
+                             f"{list(first.shape[:2])}; every level needs the same batch size and channels")
+        if x.dtype != first.dtype:
+            raise TypeError(f"features[{i}] is {x.dtype} but features[0] is {first.dtype}")
+        if x.device != first.device:
+            raise ValueError(f"features[{i}] is on {x.device} but features[0] is on {first.device}")
+    return maps
+
+
+def _per_image_list(value: object, name: str, what: str) -> Sequence:
+    if isinstance(value, Tensor) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list with one {what} per image, got {type(value).__name__}")
+    return value
+
+
+def check_sample_rois_args(proposals: object, gt_boxes: object, gt_classes: object, num_classes: object) -> int:
+    """sample_rois' inputs (ROI.SAMPLE_MATCH): equal-length per-image lists of proposals [P, 4] and gt_boxes
+    [G, 4] (floating, finite, ordered) and gt_classes integer [G] in [0, num_classes). Returns N."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    props = _per_image_list(proposals, "proposals", "[P, 4] tensor")
+    boxes = _per_image_list(gt_boxes, "gt_boxes", "[G, 4] tensor")
+    classes = _per_image_list(gt_classes, "gt_classes", "int64 [G] tensor")
+    if not (len(props) == len(boxes) == len(classes)):
+        raise ValueError(f"proposals, gt_boxes and gt_classes must have one entry per image, got "
+                         f"{len(props)}, {len(boxes)} and {len(classes)}")
+    for n, (p, b, c) in enumerate(zip(props, boxes, classes)):
+        check_boxes(p, f"proposals[{n}]")
+        check_boxes(b, f"gt_boxes[{n}]")
+        check_vector(c, f"gt_classes[{n}]", b.shape[0], floating=False)
+        check_same_device(f"proposals[{n}]", p, f"gt_boxes[{n}]", b)
+        check_same_device(f"gt_boxes[{n}]", b, f"gt_classes[{n}]", c)
+        if _VALUE_CHECKS and c.numel() and bool(((c < 0) | (c >= num_classes)).any()):
+            raise ValueError(f"gt_classes[{n}] must be in [0, {num_classes}) (foreground classes; background "
+                             f"is {num_classes}), got {c.tolist()}")
+    return len(props)
+
+
+def check_roi_loss_args(class_logits: object, box_deltas: object, proposals: object, gt_classes: object,
+                        gt_boxes: object) -> tuple[int, int]:
+    """roi_losses' inputs (ROI.LOSS_CLS, ROI.LOSS_BOX): class_logits [R, K+1] and box_deltas [R, 4K] floating,
+    proposals and gt_boxes [R, 4] floating, gt_classes integer [R] in [0, K]. Returns (R, K)."""
+    logits = check_float(class_logits, "class_logits")
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"class_logits must have shape [R, K+1] with K >= 1, got {list(logits.shape)}")
+    r, k = logits.shape[0], logits.shape[1] - 1
+    check_shape(box_deltas, "box_deltas", (r, 4 * k), floating=True)
+    check_boxes(proposals, "proposals", ordered=False)
+    if proposals.shape[0] != r:  # type: ignore[union-attr]
+        raise ValueError(f"proposals must have shape [{r}, 4] (one row per ROI), got {list(proposals.shape)}")
+    check_shape(gt_boxes, "gt_boxes", (r, 4), floating=True)
+    check_vector(gt_classes, "gt_classes", r, floating=False)
+    if _VALUE_CHECKS and r and bool(((gt_classes < 0) | (gt_classes > k)).any()):  # type: ignore[operator]
+        raise ValueError(f"gt_classes must be in [0, {k}] ({k} = background), got values outside it")
+    return r, k
+
+
+def check_inference_args(boxes: object, scores: object, image_sizes: object, drop_nonfinite: bool) -> int:
+    """fast_rcnn_inference's inputs (ROI.INFER_CLIP): per image boxes [Ri, 4K] and scores [Ri, K+1] (floating,
+    one device) and an (h, w). Without drop_nonfinite a non-finite box or score is a ValueError. Returns N."""
+    bs = _per_image_list(boxes, "boxes", "[R, 4K] tensor")
+    ss = _per_image_list(scores, "scores", "[R, K+1] tensor")
+    sizes = _per_image_list(image_sizes, "image_sizes", "(h, w)")
+    if not (len(bs) == len(ss) == len(sizes)):
+        raise ValueError(f"boxes, scores and image_sizes must have one entry per image, got {len(bs)}, "
+                         f"{len(ss)} and {len(sizes)}")
+    for n, (b, s, size) in enumerate(zip(bs, ss, sizes)):
+        check_float(b, f"boxes[{n}]")
+        check_float(s, f"scores[{n}]")
+        if s.dim() != 2 or s.shape[1] < 2:
+            raise ValueError(f"scores[{n}] must have shape [R, K+1] with K >= 1, got {list(s.shape)}")
+        k = s.shape[1] - 1
+        if b.dim() != 2 or b.shape[0] != s.shape[0] or b.shape[1] != 4 * k:
+            raise ValueError(f"boxes[{n}] must have shape [{s.shape[0]}, {4 * k}] (4K columns for the K+1 "
+                             f"score columns), got {list(b.shape)}")
+        check_same_device(f"boxes[{n}]", b, f"scores[{n}]", s)
+        if isinstance(size, Tensor):
+            size = size.tolist()
+        if not isinstance(size, Sequence) or len(size) != 2 or min(float(x) for x in size) < 0:
+            raise ValueError(f"image_sizes[{n}] must be a non-negative (h, w), got {size!r}")
+        if not drop_nonfinite:
+            check_finite(b, f"boxes[{n}]")
+            check_finite(s, f"scores[{n}]")
+    return len(bs)

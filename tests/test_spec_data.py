@@ -56,10 +56,13 @@ def test_torchvision_profile_differs_only_where_torchvision_does():
     assert differing == {
         "input.format", "input.pixel_mean", "input.pixel_std", "input.pixel_scale", "input.min_size_train",
         "resnet.stride_in_1x1", "anchors.round_cell_anchors", "rpn.post_nms_topk_train", "rpn.min_box_size",
-        "rpn.score_thresh", "roi_heads.background_label", "roi_heads.num_classes", "roi_heads.level_eps",
-        "box_head.pooler_sampling_ratio", "box_head.aligned", "box_head.pooler_type",
+        "rpn.score_thresh", "roi_heads.source_background_label", "roi_heads.num_classes", "roi_heads.level_eps",
+        "roi_heads.level_eps_in_log", "box_head.pooler_sampling_ratio", "box_head.aligned", "box_head.pooler_type",
+        "box_head.smooth_l1_beta", "inference.min_box_size", "inference.drop_nonfinite",
+        "input.resize_rounding", "input.resize_interpolation", "input.normalize_before_resize",
     }
-    assert tv.roi_heads.background_index == 0
+    # detspec's layout puts background last in both profiles; torchvision's row 0 is moved there on conversion
+    assert tv.roi_heads.background_index == 90 and tv.roi_heads.source_background_label == "first"
 
 
 def test_get_profile():

@@ -1,0 +1,79 @@
+"""`detspec convert` + `detspec detect` end to end: a converted torchvision checkpoint produces drawn detections.
+
+Weights are seeded random torchvision weights with a sharpened classifier (so detections pass the 0.05 score
+threshold); the images are small synthetic ones, fed at their own size (--resize none) to keep this fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detspec.cli import main
+from detspec.coco_categories import COCO_CATEGORIES
+from detspec.detect import image_ids
+
+
+@pytest.fixture(scope="module")
+def torchvision_checkpoint(tmp_path_factory):
+    tvd = pytest.importorskip("torchvision.models.detection")
+    torch.manual_seed(0)
+    model = tvd.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(30.0)
+    path = tmp_path_factory.mktemp("ckpt") / "fasterrcnn_tv.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_image_ids_from_file_names():
+    assert image_ids(["a/000000397133.jpg", "b/000000000139.png"]) == [397133, 139]
+    assert image_ids(["cat.png", "dog.png"]) == [1, 2]  # no numbers: positions
+    assert image_ids(["img1.png", "x/img1.jpg"]) == [1, 2]  # clashing numbers: positions
+
+
+@pytest.mark.parametrize("which", ["fast", "reference"])
+def test_convert_then_detect_draws_detections(torchvision_checkpoint, tmp_path, capsys, which):
+    converted = tmp_path / "detspec.pth"
+    assert main(["convert", str(torchvision_checkpoint), str(converted), "--from", "torchvision"]) == 0
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(96, 128), (80, 64)]):
+        p = tmp_path / f"{i + 7:012d}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    out = tmp_path / "out"
+    code = main(["detect", *map(str, paths), "--weights", str(converted), "--profile", "torchvision",
+                 "--resize", "none", "--out", str(out), "--impl", which, "--draw-thresh", "0.05"])
+    assert code == 0
+    results = json.loads((out / "detections.json").read_text())
+    assert results, "the sharpened classifier must produce detections"
+    ids = {r["image_id"] for r in results}
+    assert ids <= {7, 8}
+    known = {cid for cid, _ in COCO_CATEGORIES} | set(range(1, 91))  # torchvision labels are category ids
+    for r in results:
+        assert r["category_id"] in known and 0.05 < r["score"] <= 1.0
+        x, y, bw, bh = r["bbox"]
+        assert bw > 0 and bh > 0 and x >= 0 and y >= 0
+    for p in paths:
+        drawn = out / f"{p.stem}.png"
+        with Image.open(drawn) as im, Image.open(p) as original:
+            assert im.size == original.size
+            changed = np.any(np.asarray(im.convert("RGB")) != np.asarray(original.convert("RGB")))
+        image_id = int(p.stem)
+        if any(r["image_id"] == image_id for r in results):
+            assert changed, f"{drawn} should have boxes drawn on it"
+    assert "detections.json" in capsys.readouterr().out
+
+
+def test_detect_refuses_a_non_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    torch.save({"hello": torch.zeros(3)}, bad)
+    image = tmp_path / "1.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    assert main(["detect", str(image), "--weights", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "detect" in capsys.readouterr().err

@@ -36,6 +36,10 @@
       Golden vectors for ports outside Python: .npz cases plus a JSON manifest (seed, spec version, tolerances);
       check an implementation against them (see detspec/vectors.py; the committed set is vectors/v1/).
 
+  detspec demo [--iters N] [--out DIR] [--impl fast|reference] [--seed S] [--device cpu|cuda]
+      Train a small Faster R-CNN on the synthetic shapes and report COCO AP before and after (detspec/demo.py);
+      `torchrun --nproc_per_node 2 -m detspec.demo ...` runs the same loop with DDP.
+
   detspec synth OUT_DIR [--images N] [--seed S] [--size H W]
       Write the procedural synthetic shapes dataset (images/*.png + annotations.json, COCO format).
 """
@@ -229,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", metavar="OUT", help="write every view's logits and the averaged probabilities")
     classify.set_defaults(func=_cmd_classify)
 
-    from detspec import bench, coco, detect, vectors
+    from detspec import bench, coco, demo, detect, vectors
 
     bench.add_parser(sub)
+    demo.add_parser(sub)
     vectors.add_parser(sub)
     detect.add_parser(sub)
     coco.add_evaluate_parser(sub)

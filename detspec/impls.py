@@ -67,7 +67,7 @@ class Impl:
 
 
 def _torchvision_namespace() -> Any:
-    """torchvision's ops under contract names: box_iou, box_area, clip_boxes_to_image, nms, batched_nms."""
+    """torchvision's ops under contract names: box_iou, box_area, clip_boxes_to_image, nms, batched_nms, roi_align."""
     try:
         from torchvision import ops
     except Exception as exc:  # pragma: no cover - depends on the environment
@@ -82,6 +82,7 @@ def _torchvision_namespace() -> Any:
         clip_boxes=clip_boxes,
         nms=ops.nms,
         batched_nms=ops.batched_nms,
+        roi_align=ops.roi_align,
     )
 
 

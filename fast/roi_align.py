@@ -181,22 +181,32 @@ def pool_levels(maps: Sequence[Tensor], rois: Tensor, level: Tensor, scales: Seq
     groups_l, sizes_l = groups.tolist(), sizes.tolist()
     num_inactive = sizes_l[0] if groups_l and groups_l[0] < 0 else 0
 
+    # per-ROI tables in sorted order, so that every chunk reads plain slices; weights in the features' dtype
+    y_term, x_term = y_term[order], x_term[order]
+    wy, wx = wy[order].to(dtype), wx[order].to(dtype)
     bufs: dict[int, Tensor] = {}
     out = (torch.zeros if num_inactive else torch.empty)(num_rois, bins * channels, dtype=dtype, device=device)
     max_rows = max(1, CHUNK_OUTPUT_BYTES // (bins * channels * first.element_size()))
     for lvl_id, s, e, pad_y, pad_x in _segments(groups_l, sizes_l, span, wx.shape[2] + 1, bins, num_inactive,
                                                 max_rows):
         if lvl_id not in bufs:  # [N * H * W, C] rows of C contiguous values (a copy only for non-channels-last)
-            bufs[lvl_id] = maps[lvl_id].permute(0, 2, 3, 1).reshape(-1, channels)
-        rows = order[s:e]
-        yt, xt = y_term[rows, :, :pad_y], x_term[rows, :, :pad_x]  # [n, oh, Ky], [n, ow, Kx]
-        wyr, wxr = wy[rows, :, :pad_y], wx[rows, :, :pad_x]
-        n = rows.shape[0]
-        idx = (yt[:, :, None, :, None] + xt[:, None, :, None, :]).reshape(n * bins, pad_y * pad_x)
-        wgt = (wyr[:, :, None, :, None] * wxr[:, None, :, None, :]).reshape(n * bins, pad_y * pad_x)
-        pooled = F.embedding_bag(idx, bufs[lvl_id], mode="sum", per_sample_weights=wgt.to(dtype))  # [n*bins, C]
-        out.index_copy_(0, rows, pooled.view(n, bins * channels))
+            bufs[lvl_id] = _rows_view(maps[lvl_id])
+        n = e - s
+        yt, xt = y_term[s:e, :, None, :pad_y, None], x_term[s:e, None, :, None, :pad_x]  # [n,oh,1,Ky,1], [n,1,ow,1,Kx]
+        wyr, wxr = wy[s:e, :, None, :pad_y, None], wx[s:e, None, :, None, :pad_x]
+        idx = torch.add(yt, xt).view(n * bins, pad_y * pad_x)  # flat pixel of each (bin, ky, kx) entry
+        wgt = torch.mul(wyr, wxr).view(n * bins, pad_y * pad_x)
+        pooled = F.embedding_bag(idx, bufs[lvl_id], mode="sum", per_sample_weights=wgt)  # [n * bins, C]
+        out.index_copy_(0, order[s:e], pooled.view(n, bins * channels))
     return out.view(num_rois, oh, ow, channels).permute(0, 3, 1, 2)
+
+
+def _rows_view(fmap: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N * H * W, C] with contiguous rows: a view of a channels-last map, else one copy."""
+    rows = fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
+    if rows.is_contiguous():
+        return rows
+    return fmap.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
 
 
 def _segments(groups: list[int], sizes: list[int], span: int, stride_x: int, bins: int, start: int,

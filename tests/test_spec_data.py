@@ -14,7 +14,7 @@ from spec import clauses, config
 from spec.contract import CONTRACT, PLANNED, missing_names
 
 CONFORMANCE = Path(__file__).resolve().parents[1] / "detspec" / "conformance"
-FOUNDATION_AREAS = ("BOX", "ANCHOR", "MATCH", "SAMPLE", "NMS")
+FOUNDATION_AREAS = ("BOX", "ANCHOR", "MATCH", "SAMPLE", "NMS", "ROI", "RCNN")
 
 
 def _leaf_fields(cfg, prefix=""):

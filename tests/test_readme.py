@@ -1,0 +1,79 @@
+"""Every command in README.md is a valid invocation, and each subcommand has a test that runs it.
+
+The README's shell blocks are read line by line; each `detspec ...` line (and the `torchrun ... -m detspec.demo`
+line) is parsed by the real argument parser, so a renamed option or subcommand fails here. The commands
+themselves run in the tests named in RUN_BY (or in CI: the two quick-start lines are .ci/run).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from detspec.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+# subcommand -> the test file that runs it (the string must occur there)
+RUN_BY = {
+    "check": ("tests/test_example_port.py", '"check"'),
+    "convert": ("tests/test_cli_detect.py", '"convert"'),
+    "detect": ("tests/test_cli_detect.py", '"detect"'),
+    "evaluate": ("tests/test_coco_eval.py", "evaluate"),
+    "synth": ("tests/test_synthetic.py", "synth"),
+    "demo": ("tests/test_demo.py", "run_demo"),
+    "bench": ("tests/test_bench_cli.py", "bench.main"),
+    "vectors": ("tests/test_vectors.py", '"vectors"'),
+    "classify": ("tests/test_cli_mvit.py", "classify"),
+}
+
+
+def _shell_lines() -> list[str]:
+    blocks = re.findall(r"```(?:sh|console)\n(.*?)```", README, flags=re.S)
+    lines = []
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.strip().removeprefix("$ ")
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def _commands() -> list[list[str]]:
+    out = []
+    for line in _shell_lines():
+        for part in re.split(r"&&", line):
+            words = shlex.split(part, comments=True)
+            if not words:
+                continue
+            if Path(words[0]).name == "detspec":
+                out.append(words[1:])
+            elif words[0] == "torchrun" and "-m" in words:
+                module_args = words[words.index("-m") + 1:]
+                if module_args[0] == "detspec.demo":
+                    out.append(["demo", *module_args[1:]])
+    return out
+
+
+COMMANDS = _commands()
+
+
+def test_readme_has_the_commands():
+    used = {c[0] for c in COMMANDS}
+    assert {"check", "convert", "detect", "evaluate", "synth", "demo", "bench", "vectors"} <= used, used
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])
+def test_readme_command_parses(argv):
+    args = build_parser().parse_args(argv)
+    assert args.command == argv[0]
+
+
+def test_every_readme_subcommand_is_run_by_a_test():
+    for sub in {c[0] for c in COMMANDS}:
+        path, needle = RUN_BY[sub]
+        assert needle in (ROOT / path).read_text(), f"{path} should run `detspec {sub}`"

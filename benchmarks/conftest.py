@@ -83,8 +83,8 @@ def _cpu_seconds() -> tuple[float, float] | None:
         return None
     hz = os.sysconf("SC_CLK_TCK")
     busy = (sum(ticks) - ticks[3] - ticks[4]) / hz
-    own = os.times()
-    return busy, own.user + own.system
+    own = os.times()  # this process and its waited-for children (e.g. a peak-memory subprocess) are not "other"
+    return busy, own.user + own.system + own.children_user + own.children_system
 
 
 WARM_ALLOCATOR_BYTES = 31 << 20  # below glibc's DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit)

@@ -179,8 +179,9 @@ def test_roi_pool(benchmark, bench_device, timed, workload, implementation):
 
 
 @pytest.mark.benchmark(group="roi_pool_nchw")
+@pytest.mark.parametrize("implementation", ["fast"])  # a column name for the report; fast only
 @pytest.mark.parametrize("workload", ["detectron2", "torchvision"])
-def test_roi_pool_fast_nchw(benchmark, bench_device, timed, workload):
+def test_roi_pool_fast_nchw(benchmark, bench_device, timed, workload, implementation):
     """fast on NCHW maps: the roi_pool numbers plus one transposing copy per level (~82 MB in all)."""
     device = str(bench_device)
     fn = pool_call("fast", workload, device, layout="nchw")

@@ -343,7 +343,10 @@ def _run_suites(args: argparse.Namespace, bench_dir: Path, out_dir: Path) -> tup
     cmd = pytest_command(bench_dir, suites, args.device, raw, args.k, args.pytest_args)
     print("detspec bench: " + shlex.join(cmd), flush=True)
     try:
-        code = subprocess.call(cmd, cwd=bench_dir.parent)
+        # A run started from inside pytest-xdist (e.g. the test suite) must not look like an xdist worker to the
+        # child: pytest-benchmark disables itself when it sees PYTEST_XDIST_* variables.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
+        code = subprocess.call(cmd, cwd=bench_dir.parent, env=env)
         if code in (4, 5):  # pytest: usage error / no tests collected
             raise UsageError(f"pytest exited with {code}" + (": no benchmark matched (check --suite and -k)"
                                                               if code == 5 else " (usage error)"))

@@ -9,7 +9,6 @@ Shape legend: an image is [C, H, W]; N images; H, W the padded batch size.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -17,28 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spec.config import BASE_RCNN_FPN, InputConfig
+from spec.sizes import resized_size
 
 _INPUT = BASE_RCNN_FPN.input
-
-
-def resized_size(height: int, width: int, short_edge: int = _INPUT.min_size_test,
-                 max_size: int = _INPUT.max_size_test, rounding: str = _INPUT.resize_rounding) -> tuple[int, int]:
-    """(h, w) -> the test-time size; "half_up" (detectron2) or "floor" (torchvision) rounding."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {(height, width)}")
-    if short_edge <= 0 or max_size <= 0:
-        raise ValueError(f"short_edge and max_size must be positive, got {short_edge} and {max_size}")
-    if rounding == "half_up":
-        scale = short_edge / min(height, width)  # the same float operations as detectron2, in the same order
-        newh, neww = height * scale, width * scale
-        if max(newh, neww) > max_size:
-            shrink = max_size / max(newh, neww)
-            newh, neww = newh * shrink, neww * shrink
-        return int(newh + 0.5), int(neww + 0.5)
-    if rounding == "floor":
-        scale = min(short_edge / min(height, width), max_size / max(height, width))
-        return math.floor(height * scale), math.floor(width * scale)
-    raise ValueError(f"rounding must be 'half_up' or 'floor', got {rounding!r}")
 
 
 def _resize(x: Tensor, size: tuple[int, int], interpolation: str, integral: bool) -> Tensor:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from reference.fpn import FPN
-from reference.preprocess import preprocess, resized_size, scale_boxes
+from reference.preprocess import preprocess, scale_boxes
 from reference.resnet import ResNet
 from reference.roi_heads import ROIHeads, detector_postprocess
 from reference.rpn import RPN
@@ -105,7 +105,3 @@ class FasterRCNN(nn.Module):
             results.append({"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep]})
         return results
 
-
-def network_size(height: int, width: int, cfg: FasterRCNNConfig = BASE_RCNN_FPN) -> tuple[int, int]:
-    """The network input size of an (h, w) image under the profile's test resize."""
-    return resized_size(height, width, cfg.input.min_size_test, cfg.input.max_size_test, cfg.input.resize_rounding)

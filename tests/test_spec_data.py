@@ -108,3 +108,19 @@ def test_every_foundation_clause_has_a_conformance_test():
     foundation = {cid for cid, c in clauses.CLAUSES.items() if c.area in FOUNDATION_AREAS}
     assert foundation - marked == set()
     assert marked - set(clauses.CLAUSES) == set()  # and no test cites an unregistered clause
+
+
+@pytest.mark.parametrize("size, half_up, floor", [
+    # d2-spec §3 resize examples (half up); torchvision floors the same products: 1066.67 -> 1066, 666.5 -> 666
+    ((427, 640), (800, 1199), (800, 1199)),
+    ((480, 640), (800, 1067), (800, 1066)),
+    ((500, 1000), (667, 1333), (666, 1333)),
+    ((640, 480), (1067, 800), (1066, 800)),
+])
+def test_resized_size_known_values(size, half_up, floor):
+    from spec.sizes import resized_size
+
+    assert resized_size(*size) == half_up
+    assert resized_size(*size, rounding="floor") == floor
+    with pytest.raises(ValueError, match="rounding"):
+        resized_size(*size, rounding="nearest")

@@ -11,17 +11,13 @@ greedy NMS (float32 arithmetic through numpy) and, when importable, from
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from triton_child import REPO_ROOT, child_env, import_module, run_interpreted
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE = "fast.kernels.nms_triton"
 
 RANDOM_NS = (0, 1, 7, 64, 65, 130, 200)
@@ -188,52 +184,17 @@ def case(name):
     else:
         raise KeyError(name)
 
-results = {}
-for name in json.loads(sys.argv[1]):
-    try:
-        case(name)
-        results[name] = None
-    except Exception:
-        results[name] = traceback.format_exc(limit=3)
-print("RESULTS:" + json.dumps(results))
 '''
 
 
-def _child_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    env.update(extra)
-    return env
 
 
-def _import_kernels():
-    """Import the kernel module in this process (repo root may not be on sys.path)."""
-    try:
-        return importlib.import_module(MODULE)
-    except ModuleNotFoundError:
-        if str(REPO_ROOT) not in sys.path:
-            sys.path.insert(0, str(REPO_ROOT))
-        return importlib.import_module(MODULE)
 
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
     pytest.importorskip("triton")
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(CASES)],
-        env=_child_env(TRITON_INTERPRET="1"),
-        cwd=str(REPO_ROOT),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS:")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(
-            f"interpreter child failed (rc={proc.returncode})\n"
-            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-        )
-    return json.loads(lines[-1][len("RESULTS:") :])
+    return run_interpreted(_CHILD, CASES)
 
 
 @pytest.mark.triton
@@ -263,7 +224,7 @@ def test_module_imports_without_triton() -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        env=_child_env(),
+        env=child_env(),
         cwd=str(REPO_ROOT),
         capture_output=True,
         text=True,
@@ -284,13 +245,13 @@ def test_module_imports_without_triton() -> None:
     ],
 )
 def test_validation_names_boxes(boxes, exc) -> None:
-    K = _import_kernels()
+    K = import_module(MODULE)
     with pytest.raises(exc, match="boxes"):
         K.nms_sorted_mask(boxes, 0.5)
 
 
 def test_empty_input() -> None:
-    K = _import_kernels()
+    K = import_module(MODULE)
     keep = K.nms_sorted_mask(torch.zeros(0, 4), 0.5)
     assert keep.dtype == torch.bool and keep.shape == (0,)
     idx = K.nms_triton(torch.zeros(0, 4), torch.zeros(0), 0.5)
@@ -298,7 +259,7 @@ def test_empty_input() -> None:
 
 
 def test_cpu_tensor_without_interpreter_is_rejected() -> None:
-    K = _import_kernels()
+    K = import_module(MODULE)
     if not K.TRITON_AVAILABLE or K._is_interpreted():
         pytest.skip("needs triton in compiled (non-interpreted) mode")
     with pytest.raises(ValueError, match="boxes"):
@@ -325,7 +286,7 @@ def _clustered_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_cuda_nms_matches_torchvision(iou_threshold: float) -> None:
     pytest.importorskip("triton")
     tv = pytest.importorskip("torchvision")
-    K = _import_kernels()
+    K = import_module(MODULE)
     if K._is_interpreted():
         pytest.skip("TRITON_INTERPRET=1 is set in the test process")
     boxes, scores = _clustered_boxes(2000, seed=1234)

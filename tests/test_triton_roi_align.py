@@ -10,17 +10,13 @@ implementation of the same semantics), called once per level on that level's ROI
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from triton_child import REPO_ROOT, child_env, import_module, run_interpreted
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE = "fast.kernels.roi_align_triton"
 
 CASES = (
@@ -206,53 +202,18 @@ def case(name):
     else:
         raise KeyError(name)
 
-results = {}
-for name in json.loads(sys.argv[1]):
-    try:
-        case(name)
-        results[name] = None
-    except Exception:
-        results[name] = traceback.format_exc(limit=4)
-print("RESULTS:" + json.dumps(results))
 '''
 
 
-def _child_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    env.update(extra)
-    return env
 
 
-def _import_kernels():
-    """Import the kernel module in this process (repo root may not be on sys.path)."""
-    try:
-        return importlib.import_module(MODULE)
-    except ModuleNotFoundError:
-        if str(REPO_ROOT) not in sys.path:
-            sys.path.insert(0, str(REPO_ROOT))
-        return importlib.import_module(MODULE)
 
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
     pytest.importorskip("triton")
     pytest.importorskip("torchvision")
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(CASES)],
-        env=_child_env(TRITON_INTERPRET="1"),
-        cwd=str(REPO_ROOT),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS:")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(
-            f"interpreter child failed (rc={proc.returncode})\n"
-            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-        )
-    return json.loads(lines[-1][len("RESULTS:") :])
+    return run_interpreted(_CHILD, CASES)
 
 
 @pytest.mark.triton
@@ -284,7 +245,7 @@ def test_module_imports_without_triton() -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        env=_child_env(),
+        env=child_env(),
         cwd=str(REPO_ROOT),
         capture_output=True,
         text=True,
@@ -299,7 +260,7 @@ def _features(n: int = 2, c: int = 3) -> list[torch.Tensor]:
 
 def test_no_rois_gives_empty_output() -> None:
     # ROI.ALIGN_EMPTY: an empty set of ROIs gives [0, C, out, out] (no kernel launch needed).
-    K = _import_kernels()
+    K = import_module(MODULE)
     out = K.multilevel_roi_align_triton(_features(), torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64), 7, (4, 8),
                                         0, True)
     assert out.shape == (0, 3, 7, 7) and out.dtype == torch.float32
@@ -335,7 +296,7 @@ _LVL = torch.tensor([0])
     ],
 )
 def test_multilevel_validation(kwargs: dict, exc: type, match: str) -> None:
-    K = _import_kernels()
+    K = import_module(MODULE)
     args = {"features": _features(), "rois": _ROI, "levels": _LVL, "output_size": 2, "strides": (4, 8),
             "sampling_ratio": 0, "aligned": True}
     args.update(kwargs)
@@ -344,7 +305,7 @@ def test_multilevel_validation(kwargs: dict, exc: type, match: str) -> None:
 
 
 def test_single_level_validation() -> None:
-    K = _import_kernels()
+    K = import_module(MODULE)
     with pytest.raises(ValueError, match="features"):
         K.roi_align_triton(torch.zeros(3, 6, 9), _ROI, 2, 0.25, 0, True)
     with pytest.raises(ValueError, match="spatial_scale"):
@@ -354,7 +315,7 @@ def test_single_level_validation() -> None:
 
 
 def test_cpu_tensor_without_interpreter_is_rejected() -> None:
-    K = _import_kernels()
+    K = import_module(MODULE)
     if not K.TRITON_AVAILABLE or K._is_interpreted():
         pytest.skip("needs triton in compiled (non-interpreted) mode")
     with pytest.raises(ValueError, match="features"):
@@ -372,7 +333,7 @@ def test_cpu_tensor_without_interpreter_is_rejected() -> None:
 def test_cuda_multilevel_matches_torchvision(dtype: torch.dtype, aligned: bool, sampling_ratio: int) -> None:
     pytest.importorskip("triton")
     tv = pytest.importorskip("torchvision")
-    K = _import_kernels()
+    K = import_module(MODULE)
     if K._is_interpreted():
         pytest.skip("TRITON_INTERPRET=1 is set in the test process")
     g = torch.Generator().manual_seed(7)

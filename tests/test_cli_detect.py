@@ -77,3 +77,19 @@ def test_detect_refuses_a_non_checkpoint(tmp_path, capsys):
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
     assert main(["detect", str(image), "--weights", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "detect" in capsys.readouterr().err
+
+
+def test_detect_detectron2_profile_with_default_resize(torchvision_checkpoint, tmp_path):
+    """--profile detectron2 --resize default: BGR 0-255 input, short side 800; boxes come back in original pixels."""
+    converted = tmp_path / "detspec.pth"
+    assert main(["convert", str(torchvision_checkpoint), str(converted), "--from", "torchvision"]) == 0
+    image = tmp_path / "42.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    assert main(["detect", str(image), "--weights", str(converted), "--out", str(out)]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    for r in results:
+        x, y, bw, bh = r["bbox"]
+        assert r["image_id"] == 42
+        assert 0 <= x and 0 <= y and x + bw <= 90 + 1e-3 and y + bh <= 60 + 1e-3  # original 60 x 90 pixels
+    assert (out / "42.png").exists()

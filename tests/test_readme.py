@@ -77,3 +77,23 @@ def test_every_readme_subcommand_is_run_by_a_test():
     for sub in {c[0] for c in COMMANDS}:
         path, needle = RUN_BY[sub]
         assert needle in (ROOT / path).read_text(), f"{path} should run `detspec {sub}`"
+
+
+def test_readme_adapter_passes_the_iou_clauses(tmp_path):
+    """The worked adapter in the README, run through `detspec check`: its IoU clauses pass."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    block = re.search(r"```python\n(# my_port\.py\n.*?)```", README, flags=re.S)
+    assert block, "the README's worked adapter (a python block starting with '# my_port.py') is missing"
+    (tmp_path / "my_port.py").write_text(block.group(1))
+    report = tmp_path / "report.json"
+    env = dict(os.environ, HYPOTHESIS_PROFILE="ci", HYPOTHESIS_STORAGE_DIRECTORY=str(tmp_path / ".hypothesis"))
+    proc = subprocess.run([sys.executable, "-m", "detspec.cli", "check", "--impl", "my_port", "--report", str(report),
+                           "-k", "test_boxes"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    clauses = json.loads(report.read_text())["clauses"]
+    for cid in ("BOX.IOU_NO_PLUS_ONE", "BOX.IOU_ZERO_NO_OVERLAP", "BOX.IOU_RANGE"):
+        assert clauses[cid]["results"]["my_port"]["status"] == "pass", (cid, clauses[cid]["results"]["my_port"])

@@ -211,13 +211,16 @@ def torchvision_run(impl):
     model = impl.FasterRCNN(cfg, num_classes=90, resize=True).eval()
     model.load_state_dict(convert_torchvision(tv.state_dict()))
 
-    images = [torch.rand(3, 200, 300, generator=g), torch.rand(3, 240, 180, generator=g)]
+    # landscape, portrait, and one whose long side hits the cap (320 / 150 * 400 = 853 > 512 -> 192 x 512)
+    images = [torch.rand(3, 200, 300, generator=g), torch.rand(3, 240, 180, generator=g),
+              torch.rand(3, 150, 400, generator=g)]
     with torch.no_grad():
         image_list, _ = tv.transform(images)
         tv_features = tv.backbone(image_list.tensors)
         tv_proposals, _ = tv.rpn(image_list, tv_features)
         tv_detections, _ = tv.roi_heads(tv_features, tv_proposals, image_list.image_sizes)
-        tv_results = tv.transform.postprocess(tv_detections, image_list.image_sizes, [(200, 300), (240, 180)])
+        tv_results = tv.transform.postprocess(tv_detections, image_list.image_sizes,
+                                              [tuple(img.shape[1:]) for img in images])
 
         batch, sizes, _ = model.preprocess(images)
         features = model.backbone(batch)

@@ -25,7 +25,7 @@ RUN_BY = {
     "detect": ("tests/test_cli_detect.py", '"detect"'),
     "evaluate": ("tests/test_coco_eval.py", "evaluate"),
     "synth": ("tests/test_synthetic.py", "synth"),
-    "demo": ("tests/test_demo.py", "run_demo"),
+    "demo": ("tests/test_demo.py", '"-m", "detspec.demo"'),
     "bench": ("tests/test_bench_cli.py", "bench.main"),
     "vectors": ("tests/test_vectors.py", '"vectors"'),
     "classify": ("tests/test_cli_mvit.py", "classify"),

@@ -39,3 +39,18 @@ def assert_equal(actual: Tensor, expected: Tensor, what: str) -> None:
     if not torch.equal(a.to(e.dtype), e):
         diff = (a.to(e.dtype) != e).nonzero().flatten()[:10].tolist()
         raise AssertionError(f"{what}: differs at {diff}\nactual   {a.tolist()[:20]}\nexpected {e.tolist()[:20]}")
+
+
+def spec_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU [len(a), len(b)] by the spec formula (no +1; exactly 0 without overlap), in the inputs' dtype.
+
+    An oracle written out in the tests, independent of every implementation under test.
+    """
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(inter > 0, inter / union, torch.zeros_like(inter))

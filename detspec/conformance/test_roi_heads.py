@@ -17,7 +17,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from detspec.conformance._util import assert_close, assert_equal, cpu, f32, on
+from detspec.conformance._util import assert_close, assert_equal, cpu, f32, on, spec_iou
 from spec import strategies as S
 from spec.config import BASE_RCNN_FPN, PARAMETER_COUNTS, TORCHVISION
 
@@ -41,15 +41,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def iou64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU [len(a), len(b)] by the spec formula, in float64 (an oracle for the sampling checks)."""
-    a, b = a.double(), b.double()
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(inter > 0, inter / union, torch.zeros_like(inter))
+    return spec_iou(a.double(), b.double())
 
 
 def rows(t: torch.Tensor) -> list[tuple]:

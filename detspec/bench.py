@@ -105,7 +105,8 @@ def ratio_table(data: dict[str, Any], report: ModuleType | None = None) -> list[
 
     Row: {"key": "group / workload" or "group", "group", "workload" (or None), "medians": {impl: s},
     "ratios": {"fast vs torchvision": baseline median / fast median, ...} (only baselines present, and only when
-    the row has a fast result), "other_cpu_cores": the largest contention recorded in the row (or None)}.
+    the row has a fast result), "other_cpu_cores": the largest contention recorded in the row (or None),
+    "peak_rss_mib": {impl: MiB} where a benchmark recorded extra_info["peak_rss_mib"]}.
     """
     report = report or report_module()
     rows: dict[str, dict[str, Any]] = {}
@@ -114,8 +115,11 @@ def ratio_table(data: dict[str, Any], report: ModuleType | None = None) -> list[
         params = bench.get("params") or {}
         row = rows.setdefault(key, {"key": key, "group": bench.get("group") or bench["name"].split("[")[0],
                                     "workload": params.get("workload"), "medians": {}, "ratios": {},
-                                    "other_cpu_cores": None})
+                                    "other_cpu_cores": None, "peak_rss_mib": {}})
         row["medians"][report._impl(bench)] = _median(bench)
+        peak = (bench.get("extra_info") or {}).get("peak_rss_mib")
+        if peak is not None:  # recorded by benchmarks that measure memory (test_bench_rcnn.py)
+            row["peak_rss_mib"][report._impl(bench)] = float(peak)
         other = _other_cores(bench)
         if other is not None:
             row["other_cpu_cores"] = max(other, row["other_cpu_cores"] or 0.0)
@@ -156,13 +160,16 @@ def format_ratio_table(rows: list[dict[str, Any]], markdown: bool = False,
     report = report or report_module()
     impls = sorted({i for r in rows for i in r["medians"]}, key=lambda n: _impl_sort_key(report, n))
     ratios = [f"fast vs {b}" for b in report.BASELINES if any(f"fast vs {b}" in r["ratios"] for r in rows)]
-    header = ["group / workload"] + [f"{i} (ms)" for i in impls] + ratios + ["other CPU (cores)"]
+    peaks = [i for i in impls if any(i in r.get("peak_rss_mib", {}) for r in rows)]
+    header = (["group / workload"] + [f"{i} (ms)" for i in impls] + ratios
+              + [f"{i} peak RSS (MiB)" for i in peaks] + ["other CPU (cores)"])
     body = []
     for r in rows:
         other = r["other_cpu_cores"]
         flag = "" if other is None else f"{other:.2f}" + (" !" if other > CONTENTION_WARN else "")
+        rss = [f"{r['peak_rss_mib'][i]:,.0f}" if i in r.get("peak_rss_mib", {}) else "—" for i in peaks]
         body.append([f"`{r['key']}`" if markdown else r["key"]] + [_ms(r["medians"].get(i)) for i in impls]
-                    + [_ratio(r["ratios"].get(c)) for c in ratios] + [flag])
+                    + [_ratio(r["ratios"].get(c)) for c in ratios] + rss + [flag])
     return _grid(header, body, markdown)
 
 

@@ -218,3 +218,15 @@ def test_real_tiny_run_through_pytest(tmp_path, capfd):
     assert (out / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "baselines" / "tiny.json").is_file()
     assert "batched_nms / uniform" in printed
+
+
+def test_peak_rss_column(synthetic):
+    """Benchmarks that record extra_info["peak_rss_mib"] get one peak-RSS column per implementation."""
+    a = _bench("test_rcnn", "fast", 1.0, "rcnn", "b1")
+    b = _bench("test_rcnn", "torchvision", 2.0, "rcnn", "b1")
+    a["extra_info"]["peak_rss_mib"], b["extra_info"]["peak_rss_mib"] = 1262.0, 1467.4
+    rows = bench.ratio_table(_results([a, b]))
+    assert rows[0]["peak_rss_mib"] == {"fast": 1262.0, "torchvision": 1467.4}
+    text = bench.format_ratio_table(rows, markdown=True)
+    assert "fast peak RSS (MiB)" in text and "| 1,262 | 1,467 |" in text
+    assert "peak RSS" not in bench.format_ratio_table(bench.ratio_table(synthetic))  # none recorded: no column

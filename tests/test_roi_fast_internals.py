@@ -269,3 +269,30 @@ def test_dynamic_inference_matches_reference_and_empty_images():
         for a, b in zip(e, g):
             assert a.dtype == b.dtype and torch.equal(a, b)
     assert got[1][0].shape == (0, 4)
+
+
+def test_static_inference_compiles_without_graph_breaks():
+    """fullgraph=True fails on any data-dependent shape or host read (.item(), nonzero, mask indexing)."""
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is not supported on this Python")
+    g = torch.Generator().manual_seed(0)
+    n, r, k = 2, 30, 4
+    corners = torch.rand(n, r, 2, generator=g) * 100
+    boxes = torch.cat([corners, corners + torch.rand(n, r, 2, generator=g) * 50 + 1], -1).repeat(1, 1, k)
+    scores = torch.rand(n, r, k + 1, generator=g).softmax(-1)
+    sizes = torch.tensor([[150, 160], [140, 170]])
+
+    def infer(b, s, z):
+        return fast.fast_rcnn_inference_static(b, s, z, 0.05, 0.5, 20)
+
+    compiled = torch.compile(infer, fullgraph=True, backend="eager", dynamic=False)
+    out = compiled(boxes, scores, sizes)
+    expected = infer(boxes, scores, sizes)
+    assert all(torch.equal(a, b) for a, b in zip(out, expected))
+    # and the static result is the dynamic path's, slot for slot
+    dynamic = fast.fast_rcnn_inference(list(boxes), list(scores), sizes.tolist(), 0.05, 0.5, 20)
+    for i, (d_boxes, d_scores, d_classes, _) in enumerate(dynamic):
+        count = int(out[3][i])
+        assert count == len(d_scores)
+        assert torch.equal(out[0][i, :count], d_boxes) and torch.equal(out[1][i, :count], d_scores)
+        assert torch.equal(out[2][i, :count], d_classes)

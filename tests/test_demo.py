@@ -179,9 +179,12 @@ cfg = TrainConfig(iterations=3, images_per_batch=1, image_size=(64, 64), max_obj
                   out_dir=sys.argv[1])
 first = next(batches(cfg, DEMO_RCNN.input, info))[1][0]["boxes"]
 summary = train(model, cfg, "cpu", info, progress=False)
-print(f"rank {info.rank}/{info.world_size} backend {torch.distributed.get_backend()} init {init!r} "
-      f"final {parameter_checksum(model)!r} data {float(first.sum())!r} loss {summary['final_losses']!r}",
-      flush=True)
+# One write of the whole line, newline included: both ranks share torchrun's stdout pipe, and print() writes the
+# text and the newline separately, so two ranks' lines could interleave ("...}rank 1/2 ...").
+sys.stdout.write(f"rank {info.rank}/{info.world_size} backend {torch.distributed.get_backend()} init {init!r} "
+                 f"final {parameter_checksum(model)!r} data {float(first.sum())!r} "
+                 f"loss {summary['final_losses']!r}\\n")
+sys.stdout.flush()
 torch.distributed.destroy_process_group()
 """
 
@@ -197,18 +200,19 @@ def test_ddp_two_processes_with_torchrun(tmp_path):
                           timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = {}
-    for m in re.finditer(r"rank (\d)/(\d) backend (\w+) init (\S+) final (\S+) data (\S+) loss (\{.*\})",
+    for m in re.finditer(r"rank (\d)/(\d) backend (\w+) init (\S+) final (\S+) data (\S+) loss (\{[^}]*\})",
                          proc.stdout):
         lines[int(m.group(1))] = m.groups()
-    assert sorted(lines) == [0, 1], proc.stdout
+    output = proc.stdout[-3000:] + proc.stderr[-3000:]  # shown with any failure below
+    assert sorted(lines) == [0, 1], output
     r0, r1 = lines[0], lines[1]
-    assert r0[1] == r1[1] == "2" and r0[2] == r1[2] == "gloo"
-    assert r0[3] == r1[3]  # same seed, same initial weights
-    assert float(r0[4]) != float(r0[3])  # trained
-    assert r0[4] == r1[4]  # DDP: identical parameters on both ranks after training (bit for bit)
-    assert r0[5] != r1[5]  # each rank read its own images
-    assert r0[6] == r1[6]  # logged losses are all-reduced
-    assert [p.name for p in out_dir.iterdir()] == ["model_final.pth"]  # only rank 0 writes
+    assert r0[1] == r1[1] == "2" and r0[2] == r1[2] == "gloo", output
+    assert r0[3] == r1[3], output  # same seed, same initial weights
+    assert float(r0[4]) != float(r0[3]), output  # trained
+    assert r0[4] == r1[4], output  # DDP: identical parameters on both ranks after training (bit for bit)
+    assert r0[5] != r1[5], output  # each rank read its own images
+    assert r0[6] == r1[6], output  # logged losses are all-reduced
+    assert [p.name for p in out_dir.iterdir()] == ["model_final.pth"], output  # only rank 0 writes
 
 
 def test_readme_torchrun_demo_command(tmp_path):

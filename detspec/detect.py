@@ -75,6 +75,7 @@ def draw(rgb: torch.Tensor, boxes, scores, classes, names: list[tuple[int, str]]
 
 def run(args: argparse.Namespace) -> int:
     from detspec.checkpoints import load_checkpoint
+    from detspec.coco import CategoryMap, detections_to_coco_results
     from spec.config import get_profile
 
     cfg = get_profile(args.profile)
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     model = impl.FasterRCNN(cfg, num_classes=num_classes, resize=args.resize == "default").eval()
     model.load_state_dict(state_dict)
     names = category_table(num_classes, "torchvision" if args.profile == "torchvision" else "detectron2")
+    category_map = CategoryMap([cid for cid, _ in names], dict(names))  # ascending ids: index c = class c
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
             (det,) = model([to_profile_format(rgb, cfg.input)])
         seconds = time.perf_counter() - start
         boxes, scores, classes = det["boxes"], det["scores"], det["classes"]
-        for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
-            x1, y1, x2, y2 = box
-            results.append({"image_id": image_id, "category_id": names[cls][0],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+        results += detections_to_coco_results(image_id, boxes, scores, classes, category_map)
         png = out / f"{Path(path).stem}.png"
         drawn = draw(rgb, boxes, scores, classes, names, png, args.draw_thresh)
         print(f"[{n}/{len(args.images)}] {path}: {len(scores)} detections ({drawn} drawn, score >= "

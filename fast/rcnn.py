@@ -19,6 +19,7 @@ from fast.preprocess import preprocess, scale_boxes
 from fast.resnet import ResNet
 from fast.roi_heads import ROIHeads, detector_postprocess
 from fast.rpn import RPN
+from spec import validate as v
 from spec.config import BASE_RCNN_FPN, FasterRCNNConfig
 
 
@@ -64,15 +65,13 @@ class FasterRCNN(nn.Module):
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None,
                 generator: torch.Generator | None = None):
+        if self.training:
+            v.check_detection_targets(targets, len(images))  # before any compute
         batch, sizes, originals = self.preprocess(images)
         features = self.backbone(batch)
         if self.training:
-            if targets is None or len(targets) != len(images):
-                raise ValueError("training needs one target dict {'boxes', 'classes'} per image")
             gt_boxes, gt_classes = [], []
             for i, t in enumerate(targets):
-                if "boxes" not in t or "classes" not in t:
-                    raise ValueError(f"targets[{i}] must have 'boxes' [G, 4] and 'classes' [G], got {sorted(t)}")
                 boxes = t["boxes"].to(batch.device, batch.dtype)
                 gt_boxes.append(scale_boxes(boxes, originals[i], sizes[i]) if sizes[i] != originals[i] else boxes)
                 gt_classes.append(t["classes"].to(batch.device, torch.int64))

@@ -22,6 +22,7 @@ With ``resize=True`` images are resized by the profile's test transform first (a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,7 @@ from reference.preprocess import preprocess, scale_boxes
 from reference.resnet import ResNet
 from reference.roi_heads import ROIHeads, detector_postprocess
 from reference.rpn import RPN
+from spec import validate as v
 from spec.config import BASE_RCNN_FPN, FasterRCNNConfig
 
 
@@ -52,8 +54,6 @@ class FasterRCNN(nn.Module):
         if num_classes is not None:
             if num_classes <= 0:
                 raise ValueError(f"num_classes must be positive, got {num_classes}")
-            from dataclasses import replace
-
             cfg = replace(cfg, roi_heads=replace(cfg.roi_heads, num_classes=num_classes))
         self.cfg = cfg
         self.resize = resize
@@ -78,16 +78,14 @@ class FasterRCNN(nn.Module):
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None,
                 generator: torch.Generator | None = None):
+        if self.training:
+            v.check_detection_targets(targets, len(images))  # before any compute
         batch, sizes, originals = self.preprocess(images)
         features = self.backbone(batch)  # {"p2": ..., "p6": ...}
 
         if self.training:
-            if targets is None or len(targets) != len(images):
-                raise ValueError("training needs one target dict {'boxes', 'classes'} per image")
             gt_boxes, gt_classes = [], []
             for i, t in enumerate(targets):
-                if "boxes" not in t or "classes" not in t:
-                    raise ValueError(f"targets[{i}] must have 'boxes' [G, 4] and 'classes' [G], got {sorted(t)}")
                 boxes = t["boxes"].to(batch.device, batch.dtype)
                 if sizes[i] != originals[i]:
                     boxes = scale_boxes(boxes, originals[i], sizes[i])

@@ -486,3 +486,15 @@ def check_inference_args(boxes: object, scores: object, image_sizes: object, dro
             check_finite(b, f"boxes[{n}]")
             check_finite(s, f"scores[{n}]")
     return len(bs)
+
+
+def check_detection_targets(targets: object, num_images: int) -> None:
+    """Training targets of the detector: one mapping per image with "boxes" [G, 4] and "classes" [G]."""
+    if targets is None or not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+        got = "None" if targets is None else f"{len(targets)} entries" if isinstance(targets, (list, tuple)) \
+            else type(targets).__name__
+        raise ValueError(f"training needs one target dict {{'boxes', 'classes'}} per image ({num_images}), got {got}")
+    for i, t in enumerate(targets):
+        if not isinstance(t, Mapping) or "boxes" not in t or "classes" not in t:
+            keys = sorted(t) if isinstance(t, Mapping) else type(t).__name__
+            raise ValueError(f"targets[{i}] must have 'boxes' [G, 4] and 'classes' [G], got {keys}")

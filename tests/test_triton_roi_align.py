@@ -10,12 +10,9 @@ implementation of the same semantics), called once per level on that level's ROI
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from triton_child import REPO_ROOT, child_env, import_module, run_interpreted
+from triton_child import import_module, run_interpreted, run_without_triton
 
 MODULE = "fast.kernels.roi_align_triton"
 
@@ -225,13 +222,7 @@ def test_interpreted_roi_align_matches_torchvision(interpreter_results: dict, ca
 
 
 def test_module_imports_without_triton() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['triton'] = None\n"
-        "sys.modules['triton.language'] = None\n"
-        "import torch\n"
-        f"import {MODULE} as K\n"
-        "assert K.TRITON_AVAILABLE is False\n"
+    run_without_triton(MODULE, (
         "f = torch.zeros(1, 3, 4, 4)\n"
         "out = K.roi_align_triton(f, torch.zeros(0, 5), 2, 1.0, 0, True)\n"
         "assert out.shape == (0, 3, 2, 2)\n"
@@ -240,18 +231,7 @@ def test_module_imports_without_triton() -> None:
         "except RuntimeError as e:\n"
         "    assert 'triton' in str(e)\n"
         "else:\n"
-        "    raise AssertionError('expected RuntimeError')\n"
-        "print('OK')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=child_env(),
-        cwd=str(REPO_ROOT),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
+        "    raise AssertionError('expected RuntimeError')"))
 
 
 def _features(n: int = 2, c: int = 3) -> list[torch.Tensor]:

@@ -60,3 +60,19 @@ def run_interpreted(child_source: str, cases: list[str], timeout: int = 300) -> 
         pytest.fail(f"interpreter child failed (rc={proc.returncode})\n"
                     f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULTS:"):])
+
+
+def run_without_triton(module: str, body: str, timeout: int = 120) -> None:
+    """Import `module` as K in a child where triton cannot be imported, check K.TRITON_AVAILABLE is False, then
+    run `body` (Python source using torch and K); fail the test unless the child completes."""
+    code = ("import sys\n"
+            "sys.modules['triton'] = None\n"
+            "sys.modules['triton.language'] = None\n"
+            "import torch\n"
+            f"import {module} as K\n"
+            "assert K.TRITON_AVAILABLE is False\n"
+            f"{body}\n"
+            "print('OK')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=str(REPO_ROOT), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]

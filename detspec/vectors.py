@@ -1,14 +1,19 @@
 """Golden vectors: the contract's inputs and expected outputs as plain numpy files, for ports outside Python.
 
-  detspec vectors export DIR [--seed N]
-      Write DIR/manifest.json and one DIR/<component>__<case>.npz per case. Deterministic: the same seed,
-      detspec and torch give byte-identical files (the .npz members carry a fixed timestamp).
+  detspec vectors export DIR [--seed N] [--force]
+      Write DIR/manifest.json and one DIR/<component>__<case>.npz per case, each file atomically. Deterministic:
+      the same seed, detspec and torch give byte-identical files (the .npz members carry a fixed timestamp).
+      DIR may be missing, empty, or hold an earlier set of this format version with the same seed (re-exporting
+      it, e.g. after a spec change, replaces its files and removes its .npz files the new set does not write;
+      other files such as a README are left alone). Any other non-empty DIR (unrelated files, a set with
+      another seed or format version, an unreadable manifest) is refused unless --force is given.
 
   detspec vectors check DIR --impl NAME [--device cpu|cuda]
       Run every case against an implementation (reference, fast, torchvision, module[:attribute] or
       file.py, as in ``detspec check``) and print one row per component: pass, FAIL with the largest
-      error, or not implemented. Exits 1 if any case fails, 2 on a usage error (no such directory,
-      unreadable manifest, another format version, an --impl that does not resolve).
+      error, or not implemented. Exits 1 if any case fails, 2 on a usage error (no such directory, an
+      --impl that does not resolve) or a malformed set (see "A set is data" below); never 0 unless every
+      case was checked.
 
 The set (``vectors/v1`` in the repository, well under 1 MB) covers every component of spec.contract.CONTRACT
 except the random ones (subsample_labels, sample_rois: see SKIPPED), plus select_proposals and rpn_losses.
@@ -32,6 +37,19 @@ Floating inputs are float32: the port gets float32 and is held to float32 tolera
 float64: those of ``source: "spec"`` cases are written here from the spec (d2-spec §2-§3, a hand derivation in
 a comment); ``source: "oracle"`` cases hold the reference implementation's output computed in float64 on the
 float32-rounded inputs. Random inputs come from numpy's PCG64 generator seeded by (seed, crc32(case id)).
+
+A set is data, never code: ``check`` validates the whole manifest and every case's .npz before it calls the
+implementation once, and refuses (exit 2, one line naming the case and the problem) a set where
+
+- the manifest is not JSON, not an object, or lacks a key or has one of the wrong type;
+- a case names a component outside the supported contract names (COMPONENTS: spec.contract.CONTRACT less the
+  random ones, plus select_proposals and rpn_losses); nothing is looked up or called for it;
+- a case's ``file`` is absolute, contains ``..``, or resolves (symlinks followed) outside DIR, or is not a
+  regular file;
+- a case has no outputs, an unknown comparison rule, or a listed component has no case;
+- an .npz is not a readable zip of .npy arrays (truncated, corrupt), holds object arrays (loaded with
+  allow_pickle=False), lacks an array the manifest names, or an array's dtype or shape differs from the
+  manifest's or is not a plain bool/int/float dtype.
 """
 
 from __future__ import annotations
@@ -47,10 +65,12 @@ import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
+
+from detspec.fileio import UserError, atomic_save, atomic_write
 
 FORMAT = "detspec-vectors"
 FORMAT_VERSION = 1
@@ -78,8 +98,9 @@ _LIST_OF_TUPLES = {"select_proposals": ("boxes", "logits"),
 _DICT = {"rpn_losses": ("loss_rpn_cls", "loss_rpn_loc"), "roi_losses": ("loss_cls", "loss_box_reg")}
 
 
-class VectorsError(Exception):
-    """A usage error: missing directory, unreadable or incompatible manifest, missing case file."""
+class VectorsError(UserError):
+    """A usage error or a malformed set: missing directory, unreadable or incompatible manifest, a case that
+    cannot be checked (bad path, unknown component, no outputs, a missing or corrupt .npz). One line."""
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -134,7 +155,8 @@ def _spec_cases() -> list[Case]:
     """The known values of d2-spec §3 (and small hand-derived cases), expected values written from the spec."""
     r2 = math.sqrt(2.0)
     cases = [
-        # BOX.IOU: inter / (area1 + area2 - inter), no +1; touching boxes have IoU exactly 0.
+        # BOX.IOU_NO_PLUS_ONE: inter / (area1 + area2 - inter), no +1; BOX.IOU_ZERO_NO_OVERLAP: touching boxes
+        # have IoU exactly 0.
         # (0,0,10,10)-(5,0,15,10): 50 / 150; (0,0,10,10)-(0,0,2,2): 4 / 100; (0,0,1,1)-(0,0,2,2): 1 / 4 (4/9 with
         # a +1); (0,0,1,1)-(0,0,10,10): 1 / 100; (10,0,20,10) only touches (0,0,10,10): 0.
         Case("pairwise_iou", "spec_values", "d2-spec §2.4: no +1, 0 without overlap",
@@ -536,9 +558,10 @@ def _oracle(case: Case) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """np.savez_compressed's layout with a fixed member timestamp, so equal arrays give equal bytes."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key, array in arrays.items():
             buffer = io.BytesIO()
             np.lib.format.write_array(buffer, np.array(array, order="C"), allow_pickle=False)  # keeps 0-d shapes
@@ -546,6 +569,12 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, buffer.getvalue())
+    return zipped.getvalue()
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    data = _npz_bytes(arrays)
+    atomic_save(path, lambda fh: fh.write(data))
 
 
 def _spec_version() -> dict[str, Any]:
@@ -567,24 +596,58 @@ def _spec_version() -> dict[str, Any]:
     return {"package": "detspec", "version": package_version, "config_sha256": hashlib.sha256(blob).hexdigest()}
 
 
-def export(directory: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+def _previous_set(out: Path, seed: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(the manifest of the set already in the non-empty directory `out` or None, why export must not replace
+    it without --force or None). Only a set of this format version with the same seed may be re-exported."""
+    if not (out / MANIFEST).is_file():
+        return None, f"holds no {MANIFEST} (it is not a vector set)"
+    try:
+        old = _read_manifest(out, check_version=False)
+    except VectorsError:
+        return None, f"its {MANIFEST} is not a readable {FORMAT} manifest"
+    if old.get("format_version") != FORMAT_VERSION:
+        return old, (f"holds a vector set of format version {old.get('format_version')!r} (this detspec writes "
+                     f"version {FORMAT_VERSION})")
+    if old.get("seed") != seed:
+        return old, f"holds a different vector set (seed {old.get('seed')!r}, not {seed})"
+    return old, None
+
+
+def _stale_files(out: Path, old: dict[str, Any] | None, written: set[str]) -> list[Path]:
+    """The earlier set's case files (plain .npz names directly in `out`) that the new set did not write."""
+    cases = old.get("cases") if old is not None else None
+    if not isinstance(cases, list):
+        return []
+    stale = []
+    for entry in cases:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if (isinstance(name, str) and name.endswith(".npz") and name not in written and "/" not in name
+                and "\\" not in name and name not in ("", ".", "..") and "\0" not in name):
+            path = out / name
+            if path.is_symlink() or path.is_file():
+                stale.append(path)
+    return stale
+
+
+def export(directory: str | Path, seed: int = DEFAULT_SEED, force: bool = False) -> dict[str, Any]:
     """Write the vector set to `directory` (created if needed); returns the manifest.
 
-    An existing directory must be empty or hold an earlier set (a manifest.json of this format); the earlier
-    set's .npz files that the new one does not write are removed. Other files (a README) are left alone.
+    Every file is written atomically (a temporary file, then a rename): an interrupted export leaves each file
+    either as it was or complete. An existing non-empty directory must hold an earlier set of this format
+    version with the same seed (a re-export: its case files the new set does not write are removed; other
+    files, such as a README, are left alone); anything else is refused unless ``force`` is true.
     """
     import torch
 
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise VectorsError(f"{out} exists and is not a directory")
-    old_files: set[str] = set()
+    old: dict[str, Any] | None = None
     if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise VectorsError(f"{out} is not empty and holds no {MANIFEST}; export into an empty directory or "
-                               "over an earlier vector set")
-        old = _read_manifest(out, check_version=False)
-        old_files = {c["file"] for c in old.get("cases", [])}
+        old, problem = _previous_set(out, seed)
+        if problem is not None and not force:
+            raise VectorsError(f"{out} is not empty and {problem}; export into an empty or new directory, or pass "
+                               "--force to write the set there anyway")
     out.mkdir(parents=True, exist_ok=True)
 
     entries = []
@@ -640,14 +703,42 @@ def export(directory: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Any]:
         "cases": entries,
     }
     text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
-    (out / MANIFEST).write_text(text, encoding="utf-8")
-    for stale in old_files - {e["file"] for e in entries}:
-        if stale.endswith(".npz") and "/" not in stale and (out / stale).is_file():
-            (out / stale).unlink()
+    atomic_write(out / MANIFEST, text)  # last: the manifest only ever lists files that are complete
+    for stale in _stale_files(out, old, {e["file"] for e in entries}):
+        stale.unlink()
     return manifest
 
 
+# ------------------------------------------------------------------------------------------------ validation
+# Array dtypes a set may hold (native byte order): what torch.from_numpy takes and the rules compare.
+_ARRAY_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in (
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16, np.float32, np.float64))
+_RULE_KINDS = ("exact", "set", "close")
+MAX_CASE_BYTES = 256 * 2 ** 20  # the uncompressed arrays of one case (the whole committed set is < 1 MB)
+
+
+def _one_line(text: Any, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _case_label(entry: Any, index: int) -> str:
+    """How messages name a case: "case <component>/<name>" when both are strings, else "case #<index>"."""
+    if isinstance(entry, dict) and isinstance(entry.get("component"), str) and isinstance(entry.get("name"), str):
+        return f"case {_one_line(entry['component'], 80)}/{_one_line(entry['name'], 80)}"
+    return f"case #{index}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _read_manifest(directory: Path, check_version: bool = True) -> dict[str, Any]:
+    """The parsed manifest.json of `directory`: a JSON object of this format (and version, unless told not to)."""
     if not directory.is_dir():
         raise VectorsError(f"{directory} is not a directory (expected a vector set: manifest.json and .npz files)")
     path = directory / MANIFEST
@@ -655,23 +746,226 @@ def _read_manifest(directory: Path, check_version: bool = True) -> dict[str, Any
         raise VectorsError(f"{path} does not exist; write a vector set with 'detspec vectors export {directory}'")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise VectorsError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise VectorsError(f"{path} is not a {FORMAT} manifest")
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise VectorsError(f"{path} is not valid JSON: {_one_line(exc)}") from None
+    if not isinstance(manifest, dict):
+        raise VectorsError(f"{path} holds a JSON {type(manifest).__name__}, not an object (a {FORMAT} manifest)")
+    if manifest.get("format") != FORMAT:
+        raise VectorsError(f"{path} is not a {FORMAT} manifest (its \"format\" is "
+                           f"{_one_line(repr(manifest.get('format')), 60)})")
     if check_version and manifest.get("format_version") != FORMAT_VERSION:
-        raise VectorsError(f"{path} has format version {manifest.get('format_version')!r}; this detspec reads "
-                           f"version {FORMAT_VERSION} (re-export the set or use a matching detspec)")
+        raise VectorsError(f"{path} has format version {_one_line(repr(manifest.get('format_version')), 60)}; this "
+                           f"detspec reads version {FORMAT_VERSION} (re-export the set or use a matching detspec)")
     return manifest
 
 
+def _validate_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The top level and every case entry's keys and types (not the .npz files). Raises a one-line VectorsError."""
+    components = manifest.get("components")
+    if not isinstance(components, list) or not components or not all(isinstance(c, str) for c in components):
+        raise VectorsError(f"{path}: \"components\" must be a non-empty list of component names")
+    if "spec" in manifest and not isinstance(manifest["spec"], dict):
+        raise VectorsError(f"{path}: \"spec\" must be a JSON object")
+    cases = manifest.get("cases")
+    if not isinstance(cases, list) or not cases:
+        raise VectorsError(f"{path}: \"cases\" must be a non-empty list of case objects")
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(cases):
+        where = f"{path}: {_case_label(entry, index)}"
+        problem = _case_entry_problem(entry, components)
+        if problem:
+            raise VectorsError(f"{where}: {problem}")
+        key = (entry["component"], entry["name"])
+        if key in seen:
+            raise VectorsError(f"{where}: listed twice")
+        seen.add(key)
+    for component in components:  # after the cases, so that a case naming a bad component is the one named
+        if component not in COMPONENTS:
+            raise VectorsError(f"{path}: \"components\" lists {_one_line(repr(component), 80)}, which is not a "
+                               "contract component this format supports")
+    if len(set(components)) != len(components):
+        raise VectorsError(f"{path}: \"components\" lists a component twice")
+    for component in components:
+        if not any(component == c for c, _ in seen):
+            raise VectorsError(f"{path}: component {component} is listed but has no case (nothing to check)")
+
+
+def _case_entry_problem(entry: Any, components: list[str]) -> str | None:
+    """What is wrong with one case object of the manifest (keys and types only), or None."""
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object"
+    component = entry.get("component")
+    if not isinstance(component, str):
+        return "\"component\" must be a string"
+    if component not in COMPONENTS:
+        return (f"component {_one_line(repr(component), 80)} is not a contract component this format supports "
+                f"({', '.join(COMPONENTS)}); nothing was run")
+    if component not in components:
+        return f"component {component} is not listed in the manifest's \"components\""
+    if not isinstance(entry.get("name"), str) or not entry["name"]:
+        return "\"name\" must be a non-empty string"
+    if not isinstance(entry.get("file"), str) or not entry["file"]:
+        return "\"file\" must be a non-empty string (an .npz file name inside the set's directory)"
+    args = entry.get("args")
+    if not isinstance(args, list):
+        return "\"args\" must be a list"
+    for i, arg in enumerate(args):
+        kinds = [k for k in ("array", "arrays", "value") if isinstance(arg, dict) and k in arg]
+        if len(kinds) != 1:
+            return f"argument {i} must be an object with exactly one of \"array\", \"arrays\" or \"value\""
+        if "name" in arg and not isinstance(arg["name"], str):
+            return f"argument {i}: \"name\" must be a string"
+        if kinds == ["array"] and not isinstance(arg["array"], str):
+            return f"argument {i}: \"array\" must be an npz key (a string)"
+        if kinds == ["arrays"] and not (isinstance(arg["arrays"], list)
+                                        and all(isinstance(k, str) for k in arg["arrays"])):
+            return f"argument {i}: \"arrays\" must be a list of npz keys (strings)"
+    if not isinstance(entry.get("kwargs"), dict):
+        return "\"kwargs\" must be a JSON object"
+    if "result_length" in entry and not (_is_int(entry["result_length"]) and entry["result_length"] >= 0):
+        return "\"result_length\" must be a non-negative integer"
+    outputs = entry.get("outputs")
+    if not isinstance(outputs, list):
+        return "\"outputs\" must be a list"
+    if not outputs:
+        return "has no outputs (a case with nothing to compare cannot pass)"
+    for i, out in enumerate(outputs):
+        problem = _output_problem(out)
+        if problem:
+            label = out["name"] if isinstance(out, dict) and isinstance(out.get("name"), str) else f"#{i}"
+            return f"output {_one_line(label, 60)}: {problem}"
+    return None
+
+
+def _output_problem(out: Any) -> str | None:
+    if not isinstance(out, dict):
+        return "must be a JSON object"
+    for key in ("name", "key", "dtype"):
+        if not isinstance(out.get(key), str):
+            return f"\"{key}\" must be a string"
+    path = out.get("path")
+    if not isinstance(path, list) or not all(_is_int(s) or isinstance(s, str) for s in path):
+        return "\"path\" must be a list of indices and keys"
+    shape = out.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
+        return "\"shape\" must be a list of non-negative integers"
+    rule = out.get("rule")
+    if not isinstance(rule, dict) or rule.get("kind") not in _RULE_KINDS:
+        return f"\"rule\" must be an object whose \"kind\" is one of {', '.join(_RULE_KINDS)}"
+    if rule["kind"] == "close" and not all(_is_number(rule.get(t)) and rule[t] >= 0 for t in ("rtol", "atol")):
+        return "a \"close\" rule needs finite, non-negative \"rtol\" and \"atol\""
+    if rule["kind"] == "set" and not shape:
+        return "a \"set\" rule needs an array of at least one dimension"
+    return None
+
+
+def _case_path(directory: Path, file: str, where: str) -> Path:
+    """`file` resolved (symlinks followed) inside `directory`; anything that leaves the set is refused."""
+    posix, windows = PurePosixPath(file), PureWindowsPath(file)
+    if "\0" in file:
+        raise VectorsError(f"{where}: file {_one_line(repr(file), 300)} contains a NUL character")
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or file.startswith(("/", "\\")):
+        raise VectorsError(f"{where}: file {_one_line(repr(file), 300)} is an absolute path; case files must be "
+                           "inside the vector set's directory")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise VectorsError(f"{where}: file {_one_line(repr(file), 300)} contains '..'; case files must be inside "
+                           "the vector set's directory")
+    if not file.endswith(".npz"):
+        raise VectorsError(f"{where}: file {_one_line(repr(file), 300)} is not an .npz file")
+    root = directory.resolve()
+    try:
+        resolved = (directory / file).resolve(strict=True)
+    except FileNotFoundError:
+        raise VectorsError(f"{where}: {directory / file} is listed in the manifest but does not exist") from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise VectorsError(f"{where}: cannot resolve {_one_line(repr(file), 300)}: {_one_line(exc)}") from None
+    if not resolved.is_relative_to(root):
+        raise VectorsError(f"{where}: file {_one_line(repr(file), 300)} resolves to {resolved}, outside the vector "
+                           f"set's directory {root}")
+    if not resolved.is_file():
+        raise VectorsError(f"{where}: {directory / file} is not a regular file")
+    return resolved
+
+
+def _load_npz(path: Path, where: str) -> dict[str, np.ndarray]:
+    """Every array of one .npz, loaded without pickle; a corrupt or non-array member is a one-line error."""
+    name = path.name
+    try:
+        if not zipfile.is_zipfile(path):
+            raise VectorsError(f"{where}: {name} is not a readable .npz (zip) file (truncated or corrupt)")
+        with zipfile.ZipFile(path) as zf:
+            size = sum(info.file_size for info in zf.infolist())
+        if size > MAX_CASE_BYTES:
+            raise VectorsError(f"{where}: {name} holds {size} bytes of arrays uncompressed, more than the "
+                               f"{MAX_CASE_BYTES} a case may")
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise VectorsError(f"{where}: {name} is not an .npz archive of arrays")
+            arrays = {key: data[key] for key in data.files}
+    except VectorsError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickled" in str(exc):
+            raise VectorsError(f"{where}: {name} holds object (pickled) arrays; a vector set holds only plain "
+                               "numeric arrays") from None
+        raise VectorsError(f"{where}: cannot read {name} (truncated or corrupt): {_one_line(exc)}") from None
+    except Exception as exc:  # BadZipFile, EOFError, zlib.error, OSError ...: a truncated or corrupt file
+        raise VectorsError(f"{where}: cannot read {name} (truncated or corrupt): {type(exc).__name__}: "
+                           f"{_one_line(exc)}") from None
+    for key, array in arrays.items():
+        if not isinstance(array, np.ndarray):
+            raise VectorsError(f"{where}: {name} member {_one_line(repr(key), 80)} is not a .npy array")
+        if array.dtype not in _ARRAY_DTYPES:
+            raise VectorsError(f"{where}: {name} array {_one_line(repr(key), 80)} has dtype {array.dtype.str}; "
+                               "a vector set holds bool, int8/16/32/64, uint8 or float16/32/64 (native byte order)")
+    return arrays
+
+
+def _check_case_arrays(entry: dict[str, Any], arrays: dict[str, np.ndarray], where: str) -> None:
+    """Every npz key the case names exists, and each expected output has the manifest's dtype and shape."""
+    keys = []
+    for arg in entry["args"]:
+        keys += [arg["array"]] if "array" in arg else arg.get("arrays", [])
+    for key in keys:
+        if key not in arrays:
+            raise VectorsError(f"{where}: array {_one_line(repr(key), 80)} is missing from {entry['file']}")
+    for out in entry["outputs"]:
+        key = out["key"]
+        if key not in arrays:
+            raise VectorsError(f"{where}: output array {_one_line(repr(key), 80)} is missing from {entry['file']}")
+        array = arrays[key]
+        if array.dtype.name != out["dtype"] or list(array.shape) != out["shape"]:
+            raise VectorsError(f"{where}: output array {_one_line(repr(key), 80)} is {array.dtype.name} "
+                               f"{list(array.shape)} in {entry['file']}, the manifest says "
+                               f"{_one_line(out['dtype'], 40)} {out['shape']}")
+
+
 def load_case(directory: str | Path, entry: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The arrays of one case (npz key -> array)."""
-    path = Path(directory) / entry["file"]
-    if not path.is_file():
-        raise VectorsError(f"{path} is listed in the manifest but does not exist")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    """The arrays of one case (npz key -> array); the file must lie inside `directory`, arrays without pickle."""
+    directory = Path(directory)
+    where = f"{directory / MANIFEST}: {_case_label(entry, 0)}"
+    file = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(file, str) or not file:
+        raise VectorsError(f"{where}: \"file\" must be a non-empty string")
+    return _load_npz(_case_path(directory, file, where), where)
+
+
+def load_set(directory: str | Path) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
+    """The manifest and every case's arrays, all validated (see the module docstring, "A set is data").
+
+    Raises a one-line VectorsError naming the case and the problem; nothing of an implementation is touched.
+    """
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    path = directory / MANIFEST
+    _validate_manifest(path, manifest)
+    loaded = []
+    for index, entry in enumerate(manifest["cases"]):
+        where = f"{path}: {_case_label(entry, index)}"
+        arrays = _load_npz(_case_path(directory, entry["file"], where), where)
+        _check_case_arrays(entry, arrays, where)
+        loaded.append(arrays)
+    return manifest, loaded
 
 
 # ------------------------------------------------------------------------------------------------ check
@@ -755,11 +1049,11 @@ def _get_path(value: Any, path: list) -> Any:
     return value
 
 
-def _run_case(fn: Callable, directory: Path, entry: dict[str, Any], device: str) -> CaseResult:
+def _run_case(fn: Callable, entry: dict[str, Any], arrays: dict[str, np.ndarray], device: str) -> CaseResult:
+    """One validated case (see load_set) against `fn`; the port's exceptions and odd results are failures."""
     import torch
 
     component, name = entry["component"], entry["name"]
-    arrays = load_case(directory, entry)
 
     def tensor(key: str) -> torch.Tensor:
         return torch.from_numpy(arrays[key].copy()).to(device)
@@ -777,11 +1071,11 @@ def _run_case(fn: Callable, directory: Path, entry: dict[str, Any], device: str)
         with torch.no_grad():
             result = fn(*args, **kwargs)
     except Exception as exc:  # a port's error is a failed case, not a crash
-        return CaseResult(component, name, "fail", f"raised {type(exc).__name__}: {exc}"[:300], math.inf)
+        return CaseResult(component, name, "fail", f"raised {type(exc).__name__}: {_one_line(exc, 280)}", math.inf)
     if "result_length" in entry:
         try:
             length = len(result)
-        except TypeError:
+        except Exception:  # no len(): TypeError, or whatever a port's odd result raises
             length = None
         if length != entry["result_length"]:
             return CaseResult(component, name, "fail",
@@ -790,9 +1084,13 @@ def _run_case(fn: Callable, directory: Path, entry: dict[str, Any], device: str)
     for out in entry["outputs"]:
         try:
             actual = _to_numpy(_get_path(result, out["path"]))
-        except (KeyError, IndexError, TypeError) as exc:
-            return CaseResult(component, name, "fail", f"output {out['name']} missing ({exc!r})", math.inf)
-        ok, err, msg = compare(actual, arrays[out["key"]], out["rule"])
+        except Exception as exc:  # KeyError, IndexError, TypeError, or a leaf numpy cannot convert
+            return CaseResult(component, name, "fail", f"output {out['name']} missing ({_one_line(repr(exc))})",
+                              math.inf)
+        try:
+            ok, err, msg = compare(actual, arrays[out["key"]], out["rule"])
+        except Exception as exc:  # a result numpy cannot compare (object arrays, strings ...) fails the case
+            ok, err, msg = False, math.inf, f"cannot compare the result: {type(exc).__name__}: {_one_line(exc)}"
         if not ok and (worst.status == "pass" or err > worst.max_error):
             worst = CaseResult(component, name, "fail", f"{out['name']}: {msg}", err)
         elif ok and worst.status == "pass":
@@ -807,20 +1105,22 @@ def check(directory: str | Path, impl: Any, device: str = "cpu") -> CheckReport:
     from detspec.impls import Impl, resolve
 
     directory = Path(directory)
-    manifest = _read_manifest(directory)
+    manifest, loaded = load_set(directory)  # the whole set is validated before the implementation is touched
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise VectorsError(f"--device {device}: CUDA is not available on this machine")
     if not isinstance(impl, Impl):
         impl = resolve(str(impl))
     by_component: dict[str, list[CaseResult]] = {c: [] for c in manifest["components"]}
-    for entry in manifest["cases"]:
+    for entry, arrays in zip(manifest["cases"], loaded):
         component = entry["component"]
+        if component not in COMPONENTS:  # load_set refused it already; never look up any other name
+            raise VectorsError(f"component {component!r} is not a contract component this format supports")
         fn = getattr(impl.namespace, component, None)
         if not callable(fn):
             result = CaseResult(component, entry["name"], "not implemented")
         else:
-            result = _run_case(fn, directory, entry, device)
-        by_component.setdefault(component, []).append(result)
+            result = _run_case(fn, entry, arrays, device)
+        by_component[component].append(result)
     components = {}
     for component, results in by_component.items():
         statuses = {r.status for r in results}
@@ -856,7 +1156,7 @@ def _current_spec_hash() -> str:
 # ------------------------------------------------------------------------------------------------ CLI
 def _cmd_export(args: argparse.Namespace) -> int:
     try:
-        manifest = export(args.dir, seed=args.seed)
+        manifest = export(args.dir, seed=args.seed, force=args.force)
     except VectorsError as exc:
         print(f"detspec vectors export: {exc}", file=sys.stderr)
         return 2
@@ -886,6 +1186,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     exp = sub.add_parser("export", help="write manifest.json and one .npz per case to DIR")
     exp.add_argument("dir", metavar="DIR")
     exp.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random-case seed (default {DEFAULT_SEED})")
+    exp.add_argument("--force", action="store_true",
+                     help="write into a non-empty DIR that does not hold an earlier set of this format version "
+                          "and seed (without it such a DIR is refused, so no other set is silently replaced)")
     exp.set_defaults(func=_cmd_export)
     chk = sub.add_parser("check", help="run an implementation on the vectors in DIR and print a table")
     chk.add_argument("dir", metavar="DIR")

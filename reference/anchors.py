@@ -55,8 +55,8 @@ def grid_anchors(feature_sizes: Sequence[tuple[int, int]], strides: Sequence[int
     v.check_grid_args(feature_sizes, strides, cell_anchors)
     levels = []
     for (height, width), stride, cells in zip(feature_sizes, strides, cell_anchors):
-        shift_x = (torch.arange(width, dtype=torch.float64) + offset) * stride  # [Wi]
-        shift_y = (torch.arange(height, dtype=torch.float64) + offset) * stride  # [Hi]
+        shift_x = (torch.arange(width, dtype=torch.float64, device=cells.device) + offset) * stride  # [Wi]
+        shift_y = (torch.arange(height, dtype=torch.float64, device=cells.device) + offset) * stride  # [Hi]
         ys, xs = torch.meshgrid(shift_y, shift_x, indexing="ij")  # [Hi, Wi] each, y outer
         shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4)  # [Hi*Wi, 1, 4]
         anchors = shifts + cells.to(torch.float64)[None, :, :]  # [Hi*Wi, A, 4]

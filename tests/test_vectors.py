@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -149,6 +150,9 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("not a vector set")
     assert _cli(["export", str(tmp_path / "other")]) == 2  # refuses to write into an unrelated folder
+    err = capsys.readouterr().err
+    assert "holds no manifest.json" in err and "--force" in err, err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "not a vector set"
 
 
 def test_compare_rules():
@@ -194,3 +198,72 @@ def test_committed_set_equals_a_fresh_export(fresh):
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"{case['file']} {key}; {REEXPORT}")
             else:
                 np.testing.assert_array_equal(a, b, err_msg=f"{case['file']} {key}; {REEXPORT}")
+
+
+def test_export_refuses_another_set_without_force(tmp_path, capsys):
+    """A non-empty DIR that is not an earlier set of this format and seed is never silently replaced."""
+    other = tmp_path / "other_seed"
+    assert _cli(["export", str(other), "--seed", "7"]) == 0
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    capsys.readouterr()
+    assert _cli(["export", str(other)]) == 2  # the default seed is another set
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "seed 7" in err and "--force" in err, err
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before  # nothing written
+    assert _cli(["export", str(other), "--force"]) == 0
+    assert json.loads((other / "manifest.json").read_text())["seed"] == V.DEFAULT_SEED
+    assert V.check(other, "reference").failed is False
+
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_text("mine")
+    assert _cli(["export", str(unrelated)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert _cli(["export", str(unrelated), "--force"]) == 0
+    assert (unrelated / "notes.txt").read_text() == "mine"  # other files are left alone
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("[1, 2")
+    assert _cli(["export", str(broken)]) == 2
+    assert "not a readable" in capsys.readouterr().err
+
+
+def test_reexport_of_the_same_set_replaces_it_and_removes_stale_cases(fresh, tmp_path):
+    """Regenerating a set in place (the vectors/v1 workflow) needs no --force; the earlier set's case files
+    the new one does not write are removed, a README is kept, and no temporary file is left behind."""
+    out = tmp_path / "v1"
+    shutil.copytree(fresh, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    stale = dict(manifest["cases"][0], name="gone", file="pairwise_iou__gone.npz")
+    manifest["cases"].append(stale)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(out / manifest["cases"][0]["file"], out / stale["file"])
+    (out / "README.md").write_text("notes")
+    assert _cli(["export", str(out)]) == 0
+    assert not (out / stale["file"]).exists()
+    assert (out / "README.md").read_text() == "notes"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in fresh.iterdir()), "README.md"])
+    assert (out / "manifest.json").read_bytes() == (fresh / "manifest.json").read_bytes()
+
+
+def test_interrupted_export_leaves_no_partial_file(fresh, tmp_path, monkeypatch):
+    """Files are written atomically: a failure half-way leaves each file as it was (here: the earlier set's
+    manifest untouched) and no temporary files."""
+    out = tmp_path / "v1"
+    shutil.copytree(fresh, out)
+    before = (out / "manifest.json").read_bytes()
+    real, calls = V._npz_bytes, []
+
+    def failing(arrays):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("disk full (simulated)")
+        return real(arrays)
+
+    monkeypatch.setattr(V, "_npz_bytes", failing)
+    with pytest.raises(OSError, match="simulated"):
+        V.export(out)
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in fresh.iterdir())  # no .tmp files
+    assert V.check(out, "reference").failed is False

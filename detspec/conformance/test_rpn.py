@@ -16,9 +16,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detspec.conformance._util import assert_close, cpu, on, spec_iou
+from detspec.conformance._util import assert_close, assert_same_ranked, cpu, on, spec_iou
 from spec import strategies as S
 from spec.config import BASE_RCNN_FPN, PARAMETER_COUNTS
+from spec.tolerances import tolerance
 
 RPN_CFG = BASE_RCNN_FPN.rpn
 ANCHORS = BASE_RCNN_FPN.anchors
@@ -470,10 +471,12 @@ def expected_proposals(impl, rpn, feats, image_sizes, training):
 def assert_same_proposals(actual, expected, what):
     __tracebackhide__ = True
     assert len(actual) == len(expected)
+    # Proposals whose logits tie exactly (this case has runs of 3-5 at ranks ~560 and ~650) may come in any
+    # order (topk/sort leave tied order open), so tied runs are compared as sets: on CUDA the order differs.
     for i, ((b, s), (eb, es)) in enumerate(zip(actual, expected)):
         assert b.shape == eb.shape, f"{what}: image {i} has {b.shape[0]} proposals, expected {eb.shape[0]}"
-        torch.testing.assert_close(cpu(b).double(), cpu(eb).double(), rtol=1e-5, atol=1e-3)
-        torch.testing.assert_close(cpu(s).double(), cpu(es).double(), rtol=1e-5, atol=1e-5)
+        assert_same_ranked(b, s, eb, es, tolerance("decode_boxes", torch.float32),
+                           tolerance("rpn_objectness", torch.float32), f"{what}: image {i}")
 
 
 @pytest.mark.clause("RPN.LOSS_CLS", "RPN.LOSS_LOC", "PROPOSAL.PRE_NMS_TOPK", "PROPOSAL.POST_NMS_TOPK")

@@ -1,0 +1,87 @@
+"""Files the application writes: atomically, never over one of its own inputs, never half-written.
+
+Every file a ``detspec`` command writes (checkpoints, results JSON, reports, drawn PNGs, vectors) goes
+through :func:`atomic_write`: the bytes go to a temporary file in the destination's directory, are flushed
+and fsynced, and only then replace the destination with ``os.replace`` (atomic on POSIX and Windows). An
+interrupt, a crash or a full disk leaves the earlier file as it was, or no file, never a truncated one.
+
+:func:`check_output` turns the usual output mistakes into one-line :class:`UserError` messages before any
+work is done: a missing parent directory, an output that is a directory, and an output that is also one of
+the command's inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the CLI prints it as one line and exits 2."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), what: str = "output") -> Path:
+    """Validate an output file path; returns it as a Path. Raises UserError naming the path and the problem."""
+    out = Path(path)
+    if str(path) == "":
+        raise UserError(f"the {what} path is empty")
+    if out.is_dir():
+        raise UserError(f"{out}: the {what} is a directory; give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise UserError(f"{out}: the {what}'s directory {parent} does not exist")
+    if not parent.is_dir():
+        raise UserError(f"{out}: {parent} is not a directory")
+    for src in inputs:
+        src_path = Path(src)
+        if src_path.resolve() == out.resolve() or _same_file(src_path, out):
+            raise UserError(f"{out}: the {what} is also an input ({src}); choose another path so the input "
+                            "is not overwritten")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on a clean exit it replaces ``path``, otherwise it is removed."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files; mode must be 'w' or 'wb', got {mode!r}")
+    dest = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=str(dest.parent) or ".")
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (bytes, or str as UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> None:
+    atomic_write(path, json.dumps(obj, **dumps_kwargs))
+
+
+def atomic_save(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> None:
+    """Atomically write a file produced by ``writer(fileobj)`` (``torch.save``, ``np.savez``, ``PIL`` ...)."""
+    with atomic_open(path, "wb") as fh:
+        writer(fh)

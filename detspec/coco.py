@@ -10,6 +10,10 @@
   detection set: every AP/AR with ground truth is 0, and the result carries a note saying so.
 - ``detspec evaluate --annotations A --results R [--json OUT]`` and ``detspec synth OUT_DIR --images N --seed S
   [--size H W]``: ``add_evaluate_parser``/``cmd_evaluate`` and ``add_synth_parser``/``cmd_synth``.
+  User errors are ValueError/OSError with one line naming the file (the CLI prints it and exits 2). evaluate's
+  --json is refused before any work when it is a directory, its directory is missing, or it is --annotations or
+  --results. synth creates OUT_DIR only when its parent exists and refuses an OUT_DIR that is a file. Every file
+  written (--json, results, synth's images and annotations.json) is written atomically.
 
 pycocotools is imported inside the functions that need it, so this module imports without it.
 
@@ -25,11 +29,13 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from detspec.fileio import UserError, atomic_write_json, check_output
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -48,6 +54,8 @@ def _is_number(x: Any) -> bool:
 def load_json(path: str | os.PathLike, what: str = "JSON") -> Any:
     """Read a JSON file; FileNotFoundError / ValueError naming ``what`` and the path."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} file {p} is a directory, not a JSON file")
     if not p.is_file():
         raise FileNotFoundError(f"{what} file not found: {p}")
     try:
@@ -57,6 +65,20 @@ def load_json(path: str | os.PathLike, what: str = "JSON") -> Any:
         raise ValueError(f"{what} file {p} is not valid JSON: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{what} file {p} is not UTF-8 text: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} file {p} nests its JSON too deeply to read") from None
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError met while writing ``path`` as one line that names ``path`` (an fsync or rename error
+    names no file, a mkstemp error names the temporary file)."""
+    try:
+        yield
+    except OSError as exc:
+        new = OSError(f"cannot write {path}: {exc.strerror or exc}")
+        new.errno = exc.errno
+        raise new from None
 
 
 # ----------------------------------------------------------------------------------------------- categories
@@ -188,41 +210,81 @@ def detections_to_coco_results(image_id: int, boxes_xyxy, scores, classes,
 
 
 def write_results(path: str | os.PathLike, results: Sequence[Mapping[str, Any]]) -> Path:
-    """Write COCO results (a list of dicts) as JSON; returns the path."""
+    """Write COCO results (a list of dicts) as JSON, atomically (creating missing parent directories); returns
+    the path."""
     if not isinstance(results, (list, tuple)):
         raise TypeError(f"results must be a list of dicts, got {type(results).__name__}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(list(results)))
+    with naming_write_errors(p):
+        atomic_write_json(p, list(results))
     return p
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_bbox(bbox: Any, what: str) -> None:
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        raise ValueError(f"{what} bbox must be 4 finite numbers [x, y, w, h], got {_short(bbox)}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(f"{what} bbox has a negative width or height: {_short(bbox)}")
+
+
+def _unique_int_ids(items: list, key: str, label: str, where: str) -> set[int]:
+    """The ``key`` of each dict in ``items`` (the ``label`` list): ints, each once; ValueError naming the first
+    offender otherwise."""
+    first: dict[int, int] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: {label}[{i}] must be a dict, got {_short(item)}")
+        if key not in item:
+            raise ValueError(f"{where}: {label}[{i}] lacks {key!r}: {_short(item)}")
+        value = item[key]
+        if not _is_int(value):
+            raise ValueError(f"{where}: {label}[{i}] has {key} {_short(value)}; it must be an int")
+        if value in first:
+            noun = {"images": "image", "categories": "category", "annotations": "annotation"}.get(label, label)
+            raise ValueError(f"{where}: {noun} id {value} appears more than once ({label}[{first[value]}] and "
+                             f"{label}[{i}]); ids must be unique (pycocotools would silently mix them up)")
+        first[value] = i
+    return set(first)
+
+
 def _check_ground_truth(data: Any, where: str) -> None:
+    """Validate a COCO ground-truth dict (ValueError naming ``where`` and the offending entry); fills in a
+    missing annotation ``iscrowd`` as 0, as COCO's readers treat it."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a COCO dict, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{where}: expected a COCO dict with an {key!r} list")
-    for img in data["images"]:
-        if not isinstance(img, dict) or "id" not in img:
-            raise ValueError(f"{where}: every image needs an 'id', got {img!r:.80}")
-    CategoryMap.from_coco(data["categories"])  # ids present, ints, unique
-    image_ids = {img["id"] for img in data["images"]}
-    category_ids = {c["id"] for c in data["categories"]}
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict):
-            raise ValueError(f"{where}: annotations must be dicts, got {ann!r:.80}")
-        missing = [k for k in ("id", "image_id", "category_id", "bbox", "area") if k not in ann]
+    image_ids = _unique_int_ids(data["images"], "id", "images", where)
+    category_ids = _unique_int_ids(data["categories"], "id", "categories", where)
+    _unique_int_ids(data["annotations"], "id", "annotations", where)
+    for i, ann in enumerate(data["annotations"]):
+        what = f"{where}: annotation {ann['id']} (annotations[{i}])"
+        missing = [k for k in ("image_id", "category_id", "bbox", "area") if k not in ann]
         if missing:
-            raise ValueError(f"{where}: annotation {ann.get('id', '?')} lacks {missing}")
-        if ann["image_id"] not in image_ids:
-            raise ValueError(f"{where}: annotation {ann['id']} refers to unknown image id {ann['image_id']}")
-        if ann["category_id"] not in category_ids:
-            raise ValueError(f"{where}: annotation {ann['id']} refers to unknown category id "
-                             f"{ann['category_id']}")
+            raise ValueError(f"{what} lacks {missing}")
+        for key, known in (("image_id", image_ids), ("category_id", category_ids)):
+            value = ann[key]
+            if not _is_int(value):
+                raise ValueError(f"{what} has {key} {_short(value)}; it must be an int")
+            if value not in known:
+                noun = key.split("_")[0]
+                raise ValueError(f"{what} refers to unknown {noun} id {value}")
+        _check_bbox(ann["bbox"], what)
+        if not _is_number(ann["area"]) or ann["area"] < 0:
+            raise ValueError(f"{what} area must be a finite number >= 0, got {_short(ann['area'])}")
+        crowd = ann.setdefault("iscrowd", 0)
+        if not (_is_int(crowd) and crowd in (0, 1)):
+            raise ValueError(f"{what} iscrowd must be 0 or 1, got {_short(crowd)}")
 
 
 def _check_results(results: list, image_ids: set, category_ids: set, where: str) -> None:
@@ -233,22 +295,21 @@ def _check_results(results: list, image_ids: set, category_ids: set, where: str)
         missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
         if missing:
             raise ValueError(f"{where}: result {i} lacks {missing}")
-        bbox = r["bbox"]
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            raise ValueError(f"{where}: result {i} bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f"{where}: result {i} bbox has a negative width or height: {bbox!r}")
+        for key in ("image_id", "category_id"):
+            if not _is_int(r[key]):
+                raise ValueError(f"{where}: result {i} has {key} {_short(r[key])}; it must be an int")
+        _check_bbox(r["bbox"], f"{where}: result {i}")
         if not _is_number(r["score"]):
-            raise ValueError(f"{where}: result {i} score must be a finite number, got {r['score']!r}")
+            raise ValueError(f"{where}: result {i} score must be a finite number, got {_short(r['score'])}")
         if r["image_id"] not in image_ids:
             bad_img.add(r["image_id"])
         if r["category_id"] not in category_ids:
             bad_cat.add(r["category_id"])
     if bad_img:
-        listed = sorted(bad_img, key=str)[:_MAX_LISTED]
+        listed = sorted(bad_img)[:_MAX_LISTED]
         raise ValueError(f"{where}: results refer to {len(bad_img)} image id(s) not in the annotations: {listed}")
     if bad_cat:
-        listed = sorted(bad_cat, key=str)[:_MAX_LISTED]
+        listed = sorted(bad_cat)[:_MAX_LISTED]
         raise ValueError(f"{where}: results refer to {len(bad_cat)} category id(s) not in the annotations: "
                          f"{listed}; known ids: {sorted(category_ids)}")
 
@@ -261,8 +322,11 @@ def evaluate(annotations_path: str | os.PathLike, results: str | os.PathLike | S
     in [0, 1], -1 where pycocotools finds no ground truth), "summary" (pycocotools' printed summary),
     "notes" (list of str), "num_images", "num_detections"}.
 
-    Errors: FileNotFoundError for a missing file; ValueError for bad JSON, a malformed annotation or result,
-    or results that refer to image or category ids the annotations lack.
+    Errors: FileNotFoundError for a missing file; ValueError (naming the file and the entry) for bad JSON, a
+    malformed image, category, annotation or result (missing keys, non-int ids, a bbox that is not four finite
+    numbers with w, h >= 0, an area that is not a number >= 0, iscrowd not 0/1), duplicate image, category or
+    annotation ids (pycocotools would silently give a wrong AP), or results that refer to image or category ids
+    the annotations lack. An annotation without ``iscrowd`` counts as iscrowd 0.
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES} (detspec evaluates boxes), got {iou_type!r}")
@@ -330,6 +394,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.json:  # refused before any work: a missing directory, a directory, or one of the two inputs
+        check_output(args.json, [args.annotations, args.results], what="--json output")
     stats = evaluate(args.annotations, args.results)
     print(f"detspec evaluate: {stats['num_detections']} detections on {stats['num_images']} images "
           f"({args.results} against {args.annotations})")
@@ -337,7 +403,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(stats["summary"], end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(stats, indent=1))
+        with naming_write_errors(args.json):
+            atomic_write_json(args.json, stats, indent=1)
         print(f"wrote {args.json}")
     return 0
 
@@ -363,6 +430,19 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from detspec.data import synthetic as S
+
+    out = Path(args.out_dir)
+    if str(args.out_dir) == "":
+        raise UserError("OUT_DIR is empty; give a directory")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a directory")
+    if not out.exists() and not out.parent.is_dir():
+        raise UserError(f"{out}: its parent directory {out.parent} does not exist (only the last component of "
+                        "OUT_DIR is created)")
+    if (out / "images").exists() and not (out / "images").is_dir():
+        raise UserError(f"{out / 'images'} is a file; synth writes its images into that directory")
+    if out.is_dir():
+        check_output(out / "annotations.json", what="annotations file")
 
     print(f"detspec synth: {args.images} images of {args.size[0]}x{args.size[1]}, seed {args.seed} -> "
           f"{args.out_dir}", flush=True)

@@ -1,36 +1,125 @@
-"""``detspec detect IMAGE... --weights W [--profile detectron2|torchvision] [--resize default|none] [--out DIR]``.
+"""``detspec detect IMAGE... --weights W [--profile detectron2|torchvision] [--resize default|none] [--out DIR]
+[--image-ids ANNOTATIONS.json|ID,ID,...]``.
 
 Runs the Faster R-CNN on image files and writes, under --out (default ./detections):
   detections.json   COCO results ([{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]) in
-                    original-image pixels; the image id is the file name's number (000000397133.jpg -> 397133),
-                    or, when a name has no number, the image's position in the command line (1, 2, ...)
-  <name>.png        the image with the boxes whose score >= --draw-thresh and their class names drawn on it
+                    original-image pixels
+  <stem>.png        the image with the boxes whose score >= --draw-thresh and their class names drawn on it
+                    (input photos/x.jpg -> DIR/x.png)
 --resize default applies the profile's test transform (detectron2: short side 800, long side <= 1333;
 torchvision: GeneralizedRCNNTransform); --resize none feeds each image at its own size, padded to /32.
+
+Image ids. By default an image's id is the number in its file name: the last run of digits 0-9 in the name
+without its extension (000000397133.jpg -> 397133, frame_12.png -> 12). If an image's name has no number, or two
+images would get the same id, nothing is run: the error names the images. Give the ids explicitly instead with
+  --image-ids ANNOTATIONS.json  each image's file name is looked up in the COCO file's images[].file_name
+                                (compared by the last path component) and takes that entry's id;
+  --image-ids 1,2,3             one id per image, in command-line order (a value made of digits and commas is
+                                such a list; any other value is an annotations file).
+The ids, however given, must be unique.
+
+Pixels. Every image becomes RGB uint8 before the model sees it:
+  - 8-bit images (modes 1, L, P, LA, PA, RGB, RGBA, CMYK, YCbCr): Pillow's convert("RGB"); alpha is dropped;
+  - 16-bit greyscale (modes I;16, I;16B, ...; and mode I when every value lies in 0..65535): each value v
+    becomes round(v * 255 / 65535), copied into the three channels (Pillow's own convert would clip it to 255);
+  - refused: 16-bit-per-channel colour (48/64-bit PNG or TIFF; Pillow reads them by dropping the low byte),
+    mode I with a value outside 0..65535, and floating-point images (mode F): convert them to 8 bits first.
+
+Errors (exit code 2, one line each, never a traceback):
+  - refused before any work: --out is an existing file, or its parent directory does not exist (--out itself
+    is created when only its last component is missing); two images would be drawn to the same PNG (the same
+    file name without extension, compared case-insensitively: a/x.png and b/x.jpg); a drawn PNG or
+    detections.json would replace an input (an image, --weights or the --image-ids file), e.g. --out the
+    directory of PNG inputs; the image ids, as above.
+  - an image that cannot be read (missing, a directory, not an image, truncated, or refused by the pixel rules)
+    is skipped and named on stderr; the other images are processed and written, and the exit code is 2.
+
+Files. Every file is written atomically (a temporary file in DIR, then a rename), so none is ever half-written.
+An existing DIR/detections.json is removed before the first image is processed, and the new one is written at
+the end with the results of exactly the images that were read (an empty list if none was): a detections.json
+from an earlier run never stays behind looking current. Drawn PNGs of images that are skipped are neither
+written nor removed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from detspec.coco_categories import category_table
+from detspec.fileio import UserError, atomic_save, atomic_write_json, check_output
+
+_MAX_LISTED = 5  # problems listed in one error message
+_ID_LIST = re.compile(r"\s*[0-9]+\s*(,\s*[0-9]+\s*)*")
+# Pillow raw modes of 16-bit-per-channel colour data, which it decodes to 8 bits by dropping the low byte
+_COLOUR_16 = re.compile(r"(RGB|RGBA|RGBX|RGBa|LA|La|PA|CMYK|YCbCr|LAB|HSV);16[BLN]")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no detail"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _raw_modes(im) -> list[str]:
+    modes = []
+    for tile in getattr(im, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        if isinstance(args, (tuple, list)) and args:
+            args = args[0]
+        if isinstance(args, str):
+            modes.append(args)
+    return modes
+
+
+def _to_rgb8(im, path: Path) -> np.ndarray:
+    """A loaded PIL image -> [H, W, 3] uint8, by the pixel rules in the module docstring."""
+    mode = im.mode
+    if mode == "F":
+        raise UserError(f"{path}: a floating-point image (mode F); detect reads 8-bit and 16-bit images only, "
+                        "convert it to 8 bits first")
+    if mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UserError(f"{path}: a 32-bit integer image (mode {mode}) with values from {values.min()} to "
+                            f"{values.max()}, outside 16 bits (0..65535); convert it to 8 bits first")
+        # round(v * 255 / 65535) in integers: v * 255 % 65535 is never 65535 / 2 (odd), so no ties
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """An image file -> RGB uint8 [3, H, W]."""
-    import numpy as np
+    """An image file -> RGB uint8 [3, H, W] (pixel rules in the module docstring).
+
+    Any file that cannot be read as an image (missing, a directory, not an image, truncated, 16-bit colour,
+    floating point) raises UserError naming the file and the problem.
+    """
     from PIL import Image
 
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a directory, not an image file")
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    try:
+        with Image.open(p) as im:
+            sixteen = [m for m in _raw_modes(im) if _COLOUR_16.fullmatch(m)]
+            if sixteen:
+                raise UserError(f"{p}: a 16-bit-per-channel colour image ({im.format} {sixteen[0]}), which Pillow "
+                                "reads by dropping the low byte; convert it to 8 bits (or 16-bit greyscale) first")
+            im.load()
+            rgb = _to_rgb8(im, p)
+    except UserError:
+        raise
+    except Exception as exc:  # anything Pillow raises while identifying or decoding the file
+        raise UserError(f"{p}: cannot read it as an image ({_one_line(exc)})") from None
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # a writable copy
 
 
 def to_profile_format(rgb: torch.Tensor, input_cfg) -> torch.Tensor:
@@ -43,20 +132,121 @@ def to_profile_format(rgb: torch.Tensor, input_cfg) -> torch.Tensor:
     return x
 
 
-def image_ids(paths: list[str]) -> list[int]:
-    """Numeric file names give their number; otherwise every image gets its 1-based position."""
-    numbers = [re.findall(r"\d+", Path(p).stem) for p in paths]
-    ids = [int(n[-1]) for n in numbers if n]
-    if len(ids) == len(paths) and len(set(ids)) == len(ids):
-        return ids
-    return list(range(1, len(paths) + 1))
+def _listed(items: list[str]) -> str:
+    more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return "; ".join(items[:_MAX_LISTED]) + more
+
+
+_HOW = ("give the ids with --image-ids ANNOTATIONS.json (looked up by file name) or --image-ids ID,ID,... "
+        "(one per image, in order)")
+
+
+def _ids_from_names(paths: list[str]) -> list[int]:
+    numbers = [re.findall(r"[0-9]+", Path(p).stem) for p in paths]
+    problems = [f"{p} has no number in its file name" for p, n in zip(paths, numbers) if not n]
+    ids = [int(n[-1]) if n else None for n in numbers]
+    problems += _duplicate_ids(paths, ids)
+    if problems:
+        raise UserError(f"cannot take the image ids from the file names: {_listed(problems)}; {_HOW}")
+    return ids  # type: ignore[return-value]
+
+
+def _duplicate_ids(paths: list[str], ids: list[int | None]) -> list[str]:
+    holders: dict[int, list[str]] = {}
+    for p, i in zip(paths, ids):
+        if i is not None:
+            holders.setdefault(i, []).append(str(p))
+    return [f"{' and '.join(ps)} would all get image id {i}" if len(ps) > 2 else
+            f"{ps[0]} and {ps[1]} would both get image id {i}" for i, ps in holders.items() if len(ps) > 1]
+
+
+def _ids_from_list(paths: list[str], text: str) -> list[int]:
+    ids = [int(v) for v in text.split(",") if v.strip()]
+    if len(ids) != len(paths):
+        raise UserError(f"--image-ids {text!r} gives {len(ids)} id(s) for {len(paths)} image(s); give one per image, "
+                        "in command-line order")
+    return ids
+
+
+def _ids_from_annotations(paths: list[str], source: str) -> list[int]:
+    from detspec.coco import load_json
+
+    data = load_json(source, "--image-ids annotations")
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise UserError(f"{source}: expected a COCO annotations dict with an 'images' list (for --image-ids)")
+    by_name: dict[str, set[int]] = {}
+    for i, img in enumerate(images):
+        if not (isinstance(img, dict) and isinstance(img.get("file_name"), str) and isinstance(img.get("id"), int)
+                and not isinstance(img.get("id"), bool)):
+            raise UserError(f"{source}: images[{i}] needs a string 'file_name' and an int 'id', got {img!r:.80}")
+        name = img["file_name"].replace("\\", "/").rsplit("/", 1)[-1]
+        by_name.setdefault(name, set()).add(img["id"])
+    ids, problems = [], []
+    for p in paths:
+        found = by_name.get(Path(p).name, set())
+        if len(found) != 1:
+            problems.append(f"{p}: no images[].file_name is {Path(p).name!r}" if not found else
+                            f"{p}: images[].file_name {Path(p).name!r} has several ids {sorted(found)}")
+        ids.append(next(iter(found)) if len(found) == 1 else None)
+    if problems:
+        raise UserError(f"{source}: cannot look up the image ids (--image-ids): {_listed(problems)}")
+    return ids
+
+
+def image_ids(paths: list[str], source: str | None = None) -> list[int]:
+    """The image id of each path, by the rules in the module docstring; UserError naming the images otherwise.
+
+    source: None (the number in each file name), a COCO annotations file (looked up by file name) or a
+    comma-separated list of ids, one per path.
+    """
+    paths = [str(p) for p in paths]
+    if source is None:
+        return _ids_from_names(paths)
+    ids = _ids_from_list(paths, source) if _ID_LIST.fullmatch(source) else _ids_from_annotations(paths, source)
+    duplicates = _duplicate_ids(paths, ids)
+    if duplicates:
+        raise UserError(f"--image-ids {source}: {_listed(duplicates)}; image ids must be unique")
+    return ids
+
+
+def drawn_paths(paths: list[str], out: Path) -> list[Path]:
+    """out/<stem>.png for each image; UserError when two images would be drawn to the same file."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for p in paths:
+        key = Path(p).stem.casefold()
+        if key in seen and seen[key] == str(p):
+            clashes.append(f"{p} is given twice")
+        elif key in seen:
+            clashes.append(f"{seen[key]} and {p} would both be drawn to {out / (Path(p).stem + '.png')}")
+        else:
+            seen[key] = str(p)
+    if clashes:
+        raise UserError(f"{_listed(clashes)}; rename one of them or run them separately")
+    return [out / f"{Path(p).stem}.png" for p in paths]
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """--out: an existing directory, or a new one whose parent exists (created later by the caller)."""
+    if str(out) == "":
+        raise UserError("--out is empty; give a directory")
+    d = Path(out)
+    if d.exists() and not d.is_dir():
+        raise UserError(f"--out {d} is a file, not a directory")
+    if not d.exists() and not d.parent.is_dir():
+        raise UserError(f"--out {d}: its parent directory {d.parent} does not exist (only the last component of "
+                        "--out is created)")
+    return d
 
 
 def draw(rgb: torch.Tensor, boxes, scores, classes, names: list[tuple[int, str]], path: Path,
          threshold: float) -> int:
-    """Draw the detections with score >= threshold onto the image; returns how many were drawn."""
-    import numpy as np
+    """Draw the detections with score >= threshold onto the image and write it (atomically) as a PNG;
+    returns how many were drawn."""
     from PIL import Image, ImageDraw
+
+    from detspec.coco import naming_write_errors
 
     image = Image.fromarray(rgb.permute(1, 2, 0).numpy().astype(np.uint8))
     canvas = ImageDraw.Draw(image)
@@ -69,14 +259,30 @@ def draw(rgb: torch.Tensor, boxes, scores, classes, names: list[tuple[int, str]]
         canvas.rectangle(box, outline=colour, width=2)
         canvas.text((box[0] + 2, box[1] + 1), f"{names[cls][1]} {score:.2f}", fill=colour)
         drawn += 1
-    image.save(path)
+    with naming_write_errors(path):
+        atomic_save(path, lambda f: image.save(f, format="PNG"))
     return drawn
 
 
 def run(args: argparse.Namespace) -> int:
     from detspec.checkpoints import load_checkpoint
-    from detspec.coco import CategoryMap, detections_to_coco_results
+    from detspec.coco import CategoryMap, detections_to_coco_results, naming_write_errors
     from spec.config import get_profile
+
+    # everything that can be refused is refused before the checkpoint is read
+    images = [str(p) for p in args.images]
+    id_source = getattr(args, "image_ids", None)
+    out = check_out_dir(args.out)
+    pngs = drawn_paths(images, out)
+    ids = image_ids(images, id_source)
+    results_path = out / "detections.json"
+    if out.is_dir():  # a directory that does not exist yet holds no input
+        inputs = [*images, args.weights]
+        if id_source is not None and not _ID_LIST.fullmatch(id_source):
+            inputs.append(id_source)
+        check_output(results_path, inputs, what="detections file")
+        for png in pngs:
+            check_output(png, inputs, what="drawn image")
 
     cfg = get_profile(args.profile)
     state_dict = load_checkpoint(args.weights)
@@ -88,26 +294,31 @@ def run(args: argparse.Namespace) -> int:
     names = category_table(num_classes, "torchvision" if args.profile == "torchvision" else "detectron2")
     category_map = CategoryMap([cid for cid, _ in names], dict(names))  # ascending ids: index c = class c
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = image_ids(args.images)
-    results = []
-    for n, (path, image_id) in enumerate(zip(args.images, ids), start=1):
-        rgb = load_image(path)
+    out.mkdir(exist_ok=True)
+    results_path.unlink(missing_ok=True)  # an earlier run's results must not outlive this run's PNGs
+    results, skipped = [], []
+    for n, (path, image_id, png) in enumerate(zip(images, ids, pngs), start=1):
+        try:
+            rgb = load_image(path)
+        except UserError as exc:
+            skipped.append(path)
+            print(f"detspec detect: skipped {exc}", file=sys.stderr, flush=True)
+            continue
         start = time.perf_counter()
         with torch.no_grad():
             (det,) = model([to_profile_format(rgb, cfg.input)])
         seconds = time.perf_counter() - start
         boxes, scores, classes = det["boxes"], det["scores"], det["classes"]
         results += detections_to_coco_results(image_id, boxes, scores, classes, category_map)
-        png = out / f"{Path(path).stem}.png"
         drawn = draw(rgb, boxes, scores, classes, names, png, args.draw_thresh)
-        print(f"[{n}/{len(args.images)}] {path}: {len(scores)} detections ({drawn} drawn, score >= "
+        print(f"[{n}/{len(images)}] {path}: {len(scores)} detections ({drawn} drawn, score >= "
               f"{args.draw_thresh}) in {seconds:.2f} s -> {png}", flush=True)
-    results_path = out / "detections.json"
-    results_path.write_text(json.dumps(results))
-    print(f"wrote {results_path} ({len(results)} detections, COCO results format)")
-    return 0
+    with naming_write_errors(results_path):
+        atomic_write_json(results_path, results)
+    read = len(images) - len(skipped)
+    print(f"wrote {results_path} ({len(results)} detections from {read} of {len(images)} images, COCO results "
+          "format)" + (f"; {len(skipped)} image(s) skipped, named above" if skipped else ""))
+    return 2 if skipped else 0
 
 
 def add_parser(sub) -> None:
@@ -117,9 +328,13 @@ def add_parser(sub) -> None:
                    help="a detectron2 .pkl/.pth, a torchvision state dict or a `detspec convert` output")
     p.add_argument("--profile", choices=("detectron2", "torchvision"), default="detectron2")
     p.add_argument("--resize", choices=("default", "none"), default="default")
-    p.add_argument("--out", default="detections", help="output directory (default ./detections)")
+    p.add_argument("--out", default="detections",
+                   help="output directory (default ./detections; created if only its last component is missing)")
     p.add_argument("--impl", choices=("fast", "reference"), default="fast")
     p.add_argument("--draw-thresh", type=float, default=0.5, help="draw boxes with at least this score")
+    p.add_argument("--image-ids", metavar="ANNOTATIONS.json|ID,ID,...",
+                   help="image ids: looked up by file name in a COCO annotations file's images, or one per image "
+                        "in order (default: the number in each file name)")
     p.set_defaults(func=run)
 
 

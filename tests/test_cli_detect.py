@@ -16,6 +16,7 @@ from PIL import Image
 from detspec.cli import main
 from detspec.coco_categories import COCO_CATEGORIES
 from detspec.detect import image_ids
+from detspec.fileio import UserError
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,29 @@ def torchvision_checkpoint(tmp_path_factory):
 
 
 def test_image_ids_from_file_names():
+    # the documented rule: the last run of digits in the name without its extension
     assert image_ids(["a/000000397133.jpg", "b/000000000139.png"]) == [397133, 139]
-    assert image_ids(["cat.png", "dog.png"]) == [1, 2]  # no numbers: positions
-    assert image_ids(["img1.png", "x/img1.jpg"]) == [1, 2]  # clashing numbers: positions
+    assert image_ids(["frame_2_of_12.png", "x7.jpeg"]) == [12, 7]
+    # no renumbering any more: a name without a number, or two names with the same number, is an error
+    with pytest.raises(UserError, match=r"cat\.png has no number.*--image-ids"):
+        image_ids(["cat.png", "3.png"])
+    with pytest.raises(UserError, match=r"img1\.png and x/img1\.jpg would both get image id 1"):
+        image_ids(["img1.png", "x/img1.jpg"])
+
+
+def test_image_ids_explicit_list_and_annotations(tmp_path):
+    assert image_ids(["cat.png", "dog.png"], "5, 9") == [5, 9]
+    with pytest.raises(UserError, match="gives 1 id"):
+        image_ids(["cat.png", "dog.png"], "5")
+    with pytest.raises(UserError, match="would both get image id 5"):
+        image_ids(["cat.png", "dog.png"], "5,5")
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 11, "file_name": "train/dog.png"}, {"id": 4, "file_name": "cat.png"}],
+                               "annotations": [], "categories": []}))
+    # looked up by the last path component of images[].file_name
+    assert image_ids(["some/dir/cat.png", "dog.png"], str(ann)) == [4, 11]
+    with pytest.raises(UserError, match="no images\\[\\].file_name is 'cow.png'"):
+        image_ids(["cow.png"], str(ann))
 
 
 @pytest.mark.parametrize("which", ["fast", "reference"])

@@ -427,9 +427,13 @@ def make_synthetic_coco(out_dir: str | Path, num_images: int = 16, image_size: I
     """Write ``out_dir/images/NNNNNN.png`` (RGB uint8) and ``out_dir/annotations.json``; return the JSON path.
 
     Image ids run 1..num_images (file i-1 holds image id i), annotation ids 1..; categories are ``CATEGORIES``.
-    ``progress(done, total)`` is called after each image. Same arguments, same bytes.
+    ``progress(done, total)`` is called after each image. Same arguments, same bytes. Every file is written
+    atomically (detspec.fileio), so an interrupted run leaves no half-written PNG or JSON.
     """
     from PIL import Image
+
+    from detspec.coco import naming_write_errors
+    from detspec.fileio import atomic_save, atomic_write
 
     if not _is_int(num_images) or num_images < 1:
         raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
@@ -442,7 +446,9 @@ def make_synthetic_coco(out_dir: str | Path, num_images: int = 16, image_size: I
     for i in range(num_images):
         image, boxes, classes = ds[i]
         name = f"{i:0{digits}d}.png"
-        Image.fromarray(image, mode="RGB").save(image_dir / name, format="PNG")
+        pil = Image.fromarray(image, mode="RGB")
+        with naming_write_errors(image_dir / name):
+            atomic_save(image_dir / name, lambda f, pil=pil: pil.save(f, format="PNG"))
         image_id = i + 1
         images.append({"id": image_id, "file_name": name, "height": int(image.shape[0]),
                        "width": int(image.shape[1])})
@@ -462,7 +468,8 @@ def make_synthetic_coco(out_dir: str | Path, num_images: int = 16, image_size: I
         "categories": [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in CATEGORIES],
     }
     path = out / "annotations.json"
-    path.write_text(json.dumps(dataset, indent=1))
+    with naming_write_errors(path):
+        atomic_write(path, json.dumps(dataset, indent=1))
     return path
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from detspec.fileio import atomic_save, atomic_write
+
 CONTENTION_WARN = 0.5  # other_cpu_cores above which a timing is called contended (brief of issue 7)
 MACHINE_KEYS = ("cpu_model", "cpu_count", "gpu_name", "torch_version", "torchvision_version", "torch_num_threads",
                 "bench_device")
@@ -214,7 +216,7 @@ def write_plot(data: dict[str, Any], path: Path, report: ModuleType | None = Non
     if impls:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    atomic_save(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     return path
 
 
@@ -417,7 +419,7 @@ def _bench(args: argparse.Namespace) -> int:
     json_path = out_dir / f"{stem}.json"
     if not args.from_json and not args.save:
         json_path = _unique(json_path)
-    json_path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    atomic_write(json_path, json.dumps(data, indent=1))
     png_path = write_plot(data, json_path.with_suffix(".png"), report)
 
     m = data["detspec"]["machine"]
@@ -440,7 +442,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.save:
         saved = out_dir / "baselines" / f"{args.save}.json"
         saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        atomic_write(saved, json.dumps(data, indent=1))
         print(f"saved baseline {args.save!r} as {saved}")
 
     code = run_code

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from detspec.demo_config import DEMO_IMAGE_SIZE, DEMO_MAX_OBJECTS, DEMO_RCNN, DEMO_SCHEDULE
+from detspec.fileio import atomic_write
 
 
 def make_val_set(out_dir: Path, num_images: int = DEMO_SCHEDULE.val_images, seed: int = DEMO_SCHEDULE.val_seed,
@@ -171,7 +172,7 @@ def run_demo(iters: int = DEMO_SCHEDULE.iterations, out: str | Path = "demo_out"
         device=str(dev), train_seconds=summary["seconds"], total_seconds=total,
         final_losses=summary["final_losses"], val_images=val_images,
     )
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     say(f"AP50: untrained {metrics['untrained']['AP50']:.3f} -> trained {after['AP50']:.3f} "
         f"(AP {after['AP']:.3f}); drew {len(drawn)} val images to {out_dir}/val_*.png; wrote {out_dir}/results.json "
         f"and {out_dir}/metrics.json; total {total:.1f} s")

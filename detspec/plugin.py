@@ -4,7 +4,8 @@ Options (group "detspec"):
   --impl NAME          reference | fast | torchvision | module[:attribute]; repeatable, comma lists allowed.
                        Default: $DETSPEC_IMPL or "reference,fast".
   --device DEV         cpu | cuda (default cpu). cuda without a GPU is a usage error.
-  --clause-report PATH write the clause x implementation results as JSON.
+  --clause-report PATH write the clause x implementation results as JSON (atomically: an interrupted write
+                       leaves the earlier file or none, never half a file).
   --clause-table       print the clause table at the end of the run.
 
 Markers: ``clause(*ids)`` ties a test to spec clauses (unknown IDs are a usage error); ``gpu`` (skipped
@@ -13,24 +14,56 @@ without CUDA); ``triton`` (skipped without triton); ``slow``.
 Fixtures: ``impl`` (parametrized over the selected implementations), ``reference_impl`` and ``device``.
 Before a test runs, the plugin checks that ``impl`` provides every contract name the test calls as
 ``impl.NAME``; if not, the test is reported "not implemented" instead of running. A ``NotImplementedComponent``
-raised during the test (a name reached another way) is reported the same way. A clause whose tests partly
-passed and partly could not run is "partial".
+raised during the test (a name reached another way) is reported the same way.
+
+Test outcomes in the report (``tests: [[nodeid, outcome, reason], ...]``). A test is "passed" only when its
+call phase passed, nothing else of it failed and it ran to the end:
+  passed            the call passed (setup and teardown did not fail).
+  failed            the call failed (an assertion, or an exception from the port).
+  error             setup or teardown failed, or the xdist worker running the test crashed (e.g. the port
+                    called os._exit or segfaulted).
+  timeout           the per-test timeout of pytest-timeout (``--timeout S``, ``detspec check --timeout``) fired.
+  interrupted       the test started and did not finish: Ctrl-C, SIGTERM (``detspec check`` turns it into
+                    KeyboardInterrupt), ``-x``/``--maxfail``, or the run died.
+  not run           collected but never started because the run stopped early.
+  skipped / not implemented.
+
+Clause statuses, per implementation, strongest first: fail, error, timeout, interrupted, incomplete (a test of the
+clause did not run), partial (some tests passed, others could not run for a missing name), not implemented,
+pass, skip, untested (no test of the clause was selected). The first five are failing statuses.
+
+The report's top level says whether the run is whole: ``complete`` (false when the session was interrupted,
+a test did not finish or did not run, a test errored outside any clause, or collection failed), ``interrupted``
+with ``stop_reason``, and ``problems`` (one line each, printed as the table's INCOMPLETE RUN banner).
+
+Per-test timeout: with pytest-timeout's signal method (the default on Linux, in the main thread, also in xdist
+workers), the timeout of a clause-marked test raises :class:`ClauseTimeout`, a BaseException, instead of
+pytest-timeout's ``pytest.fail``: hypothesis catches ``Failed`` and would re-run the hung example to shrink it,
+after the one-shot alarm, and hang forever. The test is reported "timeout" and the run goes on with the next
+test. With the thread method (``--timeout-method thread``), pytest-timeout ends the process: under xdist the
+worker is replaced and the test is reported "error" (worker crashed); without xdist the run dies unreported.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from detspec import impls as _impls
+from detspec.report import FAILING_STATUSES  # noqa: F401  (re-exported: the statuses that fail a run)
 
-STATUS_ORDER = ("fail", "partial", "not implemented", "pass", "skip", "untested")
+STATUS_ORDER = ("fail", "error", "timeout", "interrupted", "incomplete", "partial", "not implemented", "pass", "skip",
+                "untested")
+# test outcome -> the clause status it forces (in this order of precedence)
+_FAILING_OUTCOMES = (("failed", "fail"), ("error", "error"), ("timeout", "timeout"), ("interrupted", "interrupted"),
+                     ("not run", "incomplete"))
 _SPEC_COLUMN = "(spec)"
 _CONFIG: dict[str, pytest.Config] = {}  # the session's config, for hooks that do not receive it
 
@@ -101,11 +134,26 @@ class _State:
     def __init__(self, impls: dict[str, _impls.Impl], device: str):
         self.impls = impls
         self.device = device
-        self.results: dict[str, dict[str, Any]] = {}  # nodeid -> {impl, clauses, outcome, reason}
+        # nodeid -> {impl, clauses, phases: {when: [outcome, reason, timed_out]}, crash: str}, for clause tests
+        self.results: dict[str, dict[str, Any]] = {}
+        self.started: set[str] = set()  # pytest_runtest_logstart seen (any test)
+        self.finished: set[str] = set()  # pytest_runtest_logfinish seen
+        self.expected: set[str] = set()  # collected by the xdist workers (the controller collects nothing)
+        self.unattributed: dict[str, str] = {}  # nodeid -> error of a test with no clause information
+        self.problems: list[str] = []  # collection errors
+        self.interrupted = False  # KeyboardInterrupt (Ctrl-C, SIGTERM in detspec check, collection errors)
+        self.stop_reason = ""  # why the session stopped early ("SIGTERM received", "stopping after 1 failures")
+        self.exitstatus: int | None = None
 
 
 def _state(config: pytest.Config) -> _State:
     return config._detspec  # type: ignore[attr-defined]
+
+
+def _current() -> _State | None:
+    """The session's state, for hooks that do not receive the config (None before pytest_configure finished)."""
+    config = _CONFIG.get("config")
+    return getattr(config, "_detspec", None)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -214,6 +262,47 @@ def _names_used(item: pytest.Item) -> list[str]:
 _NAMES_CACHE: dict[tuple[str, str], list[str]] = {}
 
 
+class ClauseTimeout(BaseException):
+    """The per-test timeout fired in a clause test (raised from SIGALRM in the main thread).
+
+    A BaseException, like KeyboardInterrupt, so that hypothesis lets it through instead of re-running the hung
+    example to shrink it; pytest records it as the failure of the phase that was running.
+    """
+
+
+def _debugging() -> bool:
+    try:
+        from pytest_timeout import is_debugging
+    except ImportError:  # pragma: no cover - the hook only runs with pytest-timeout
+        return False
+    return is_debugging()
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal method for clause tests, raising ClauseTimeout (see the module docstring)."""
+    if (settings.method != "signal" or threading.current_thread() is not threading.main_thread()
+            or not _clause_ids(item)):
+        return None  # pytest-timeout's own implementation
+    limit = settings.timeout
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if not settings.disable_debugger_detection and _debugging():
+            return
+        raise ClauseTimeout(f"Timeout (>{limit:g}s) from pytest-timeout: the test ran longer than the per-test "
+                            "limit (detspec check --timeout)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # what pytest-timeout's cancel hook calls
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    return True
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
@@ -231,38 +320,140 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr or "")
 
 
+_TIMEOUT = re.compile(r"Timeout \(>[0-9.e+-]+s\) from pytest-timeout[^\n]*")
+
+
+def _failure_line(report: pytest.TestReport) -> str:
+    """One line saying why a phase failed: the exception's message, else the last line of the report."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None) or ""
+    if not message:
+        lines = [line for line in (report.longreprtext or "").strip().splitlines() if line.strip()]
+        message = lines[-1] if lines else ""
+    message = message.strip().splitlines()[0] if message.strip() else ""
+    return message[:300]
+
+
+def _new_entry(props: dict[str, Any]) -> dict[str, Any]:
+    return {"impl": props["detspec.impl"], "clauses": list(props["detspec.clauses"]), "phases": {}, "crash": ""}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every selected clause test gets an entry, so one the run never reaches is reported "not run"."""
+    st = _state(session.config)
+    for item in session.items:
+        props = dict(item.user_properties)
+        if "detspec.clauses" in props:
+            st.results.setdefault(item.nodeid, _new_entry(props))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    st = _current()
+    if st is not None:
+        st.expected.update(ids)
+
+
+def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
+    st = _current()
+    if st is not None:
+        st.started.add(nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
+    st = _current()
+    if st is not None:
+        st.finished.add(nodeid)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    props = dict(report.user_properties)
-    if "detspec.clauses" not in props:
+    st = _current()
+    if st is None:
         return
-    config = _CONFIG.get("config")
-    if config is None:
+    entry = st.results.get(report.nodeid)
+    if entry is None:
+        props = dict(report.user_properties)
+        if "detspec.clauses" in props:
+            entry = st.results[report.nodeid] = _new_entry(props)
+        elif report.failed and report.when not in ("setup", "call", "teardown"):
+            # xdist's report for a worker that crashed before the test's first report: no clause is known
+            st.unattributed[report.nodeid] = str(report.longrepr or "the xdist worker crashed")
+            return
+        else:
+            return
+    if report.when not in ("setup", "call", "teardown"):  # xdist: "worker 'gw0' crashed while running ..."
+        entry["crash"] = str(report.longrepr or "the xdist worker crashed")
         return
-    entry = _state(config).results.setdefault(report.nodeid, {
-        "impl": props["detspec.impl"], "clauses": list(props["detspec.clauses"]), "outcome": "passed",
-        "reason": ""})
     if report.failed:
-        entry["outcome"], entry["reason"] = "failed", f"{report.when} failed"
-    elif report.skipped and entry["outcome"] != "failed":
-        reason = _skip_reason(report)
-        not_impl = _impls.NOT_IMPLEMENTED_PREFIX in reason
-        entry["outcome"] = "not implemented" if not_impl else "skipped"
-        entry["reason"] = reason.split(_impls.NOT_IMPLEMENTED_PREFIX, 1)[-1] if not_impl else reason
+        timeout = _TIMEOUT.search(report.longreprtext or "")
+        reason = timeout.group(0).strip()[:300] if timeout else _failure_line(report)
+        entry["phases"][report.when] = ["failed", reason, timeout is not None]
+    elif report.skipped:
+        entry["phases"][report.when] = ["skipped", _skip_reason(report), False]
+    else:
+        entry["phases"][report.when] = ["passed", "", False]
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    st = _current()
+    if report.failed and st is not None:
+        st.problems.append(f"collection error in {report.nodeid or 'the session'}")
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo) -> None:
+    st = _current()
+    if st is not None:
+        st.interrupted = True
+        st.stop_reason = str(excinfo.value) or excinfo.typename
+
+
+def _test_outcome(st: _State, nodeid: str, entry: dict[str, Any]) -> tuple[str, str]:
+    """(outcome, reason) of one clause test; see the module docstring for the outcomes."""
+    if entry["crash"]:
+        return "error", entry["crash"]
+    phases = entry["phases"]
+    for when in ("setup", "call", "teardown"):
+        outcome, reason, timed_out = phases.get(when, (None, "", False))
+        if outcome == "failed":
+            if timed_out:
+                return "timeout", f"{when}: {reason}"
+            return ("failed" if when == "call" else "error"), f"{when} failed" + (f": {reason}" if reason else "")
+    if nodeid not in st.finished:
+        if phases or nodeid in st.started:
+            running = "teardown" if "call" in phases else "call" if "setup" in phases else "setup"
+            return "interrupted", f"started but did not finish (the run stopped during {running})"
+        return "not run", "the run stopped before this test started"
+    for when in ("setup", "call"):
+        outcome, reason, _ = phases.get(when, (None, "", False))
+        if outcome == "skipped":
+            if _impls.NOT_IMPLEMENTED_PREFIX in reason:
+                return "not implemented", reason.split(_impls.NOT_IMPLEMENTED_PREFIX, 1)[-1]
+            return "skipped", reason
+    if phases.get("call", (None,))[0] == "passed":
+        return "passed", ""
+    return "error", "no report of the test's call phase"
 
 
 def build_report(config: pytest.Config) -> dict[str, Any]:
-    """{clause id: {text, source, results: {impl: {status, tests: [[nodeid, outcome, reason], ...]}}}}."""
+    """The clause report.
+
+    ``{spec_version, device, impls, timeout, complete, interrupted, stop_reason, problems, unattributed,
+    clauses: {clause id: {text, source, results: {impl: {status, tests: [[nodeid, outcome, reason], ...]}}}}}``
+    """
     from spec import SPEC_VERSION
     from spec.clauses import CLAUSES
 
     st = _state(config)
     columns = list(st.impls)
     by_clause: dict[str, dict[str, list]] = {}
+    counts: dict[str, int] = {}
     for nodeid, r in sorted(st.results.items()):
         if r["impl"] not in columns:
             columns.append(r["impl"])
+        outcome, reason = _test_outcome(st, nodeid, r)
+        counts[outcome] = counts.get(outcome, 0) + 1
         for cid in r["clauses"]:
-            by_clause.setdefault(cid, {}).setdefault(r["impl"], []).append([nodeid, r["outcome"], r["reason"]])
+            by_clause.setdefault(cid, {}).setdefault(r["impl"], []).append([nodeid, outcome, reason])
     clauses = {}
     for cid, clause in CLAUSES.items():
         results = {}
@@ -270,20 +461,43 @@ def build_report(config: pytest.Config) -> dict[str, Any]:
             tests = by_clause.get(cid, {}).get(name, [])
             results[name] = {"status": aggregate([t[1] for t in tests]), "tests": tests}
         clauses[cid] = {"text": clause.text, "source": clause.source, "results": results}
-    return {"spec_version": SPEC_VERSION, "device": st.device, "impls": columns, "clauses": clauses}
+
+    interrupted = st.interrupted or st.exitstatus == pytest.ExitCode.INTERRUPTED
+    problems: list[str] = []
+    if interrupted or st.stop_reason:
+        problems.append(f"the run stopped early: {st.stop_reason or 'interrupted'}")
+    for outcome, what in (("interrupted", "did not finish"), ("not run", "did not run")):
+        if counts.get(outcome):
+            n = counts[outcome]
+            problems.append(f"{n} clause test{'s' if n != 1 else ''} {what}")
+    known = set(st.results) | set(st.unattributed)
+    never_started = sorted(st.expected - st.started - known)  # xdist: collected by a worker, never started
+    if never_started:
+        problems.append(f"{len(never_started)} collected test{'s' if len(never_started) != 1 else ''} did not run")
+    unattributed = [[nodeid, "error", msg] for nodeid, msg in sorted(st.unattributed.items())]
+    problems.extend(f"{nodeid}: {msg}" for nodeid, _, msg in unattributed)
+    problems.extend(st.problems)
+    timeout = config.getoption("timeout", None)
+    return {"spec_version": SPEC_VERSION, "device": st.device, "impls": columns,
+            "timeout": float(timeout) if timeout else None, "complete": not problems, "interrupted": interrupted,
+            "stop_reason": st.stop_reason, "problems": problems, "unattributed": unattributed, "clauses": clauses}
 
 
 def aggregate(outcomes: list[str]) -> str:
     """One status per clause and implementation.
 
-    fail: any test failed. partial: some tests passed, others could not run for a missing name.
-    not implemented: no test could run for a missing name. pass: tests passed (others may be skipped, e.g.
-    GPU tests without CUDA). skip: everything skipped. untested: no test of the clause ran.
+    fail: a test failed. error: a test's setup or teardown failed, or its xdist worker crashed. timeout: a test
+    ran past the per-test timeout. interrupted: a test started and did not finish. incomplete: a test did not run
+    because the run stopped early. (These five are failing statuses, in this order of precedence.)
+    partial: some tests passed, others could not run for a missing name. not implemented: no test could run for
+    a missing name. pass: tests passed (others may be skipped, e.g. GPU tests without CUDA). skip: everything
+    skipped. untested: no test of the clause was selected.
     """
     if not outcomes:
         return "untested"
-    if "failed" in outcomes:
-        return "fail"
+    for outcome, status in _FAILING_OUTCOMES:
+        if outcome in outcomes:
+            return status
     if "not implemented" in outcomes:
         return "partial" if "passed" in outcomes else "not implemented"
     if "passed" in outcomes:
@@ -295,10 +509,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput"):  # an xdist worker: the controller writes the report
         return
+    st = _current()
+    if st is None:
+        return
+    st.exitstatus = int(exitstatus)
+    if not st.stop_reason and (session.shouldfail or session.shouldstop):  # -x / --maxfail
+        st.stop_reason = str(session.shouldfail or session.shouldstop)
     path = config.getoption("detspec_report")
     if path:
+        from detspec.fileio import atomic_write_json
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(build_report(config), indent=1))
+        atomic_write_json(path, build_report(config), indent=1)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -1,10 +1,35 @@
-"""The clause table: one row per clause, one column per implementation."""
+"""The clause table: one row per clause, one column per implementation.
+
+Statuses (see detspec.plugin): fail, error, timeout, interrupted and incomplete are failing statuses and are
+never shown as a pass. A report whose ``complete`` is false (the run was interrupted, a test did not finish or
+did not run, a test errored outside any clause, collection failed) is printed under an ``INCOMPLETE RUN (...)``
+banner, at the top and again at the bottom of the table.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-STATUSES = ("pass", "fail", "partial", "not implemented", "skip")
+STATUSES = ("pass", "fail", "partial", "not implemented", "skip")  # always counted in the summary line
+FAILING_STATUSES = ("fail", "error", "timeout", "interrupted", "incomplete")
+_EXTRA_STATUSES = ("error", "timeout", "interrupted", "incomplete")  # counted when present
+# how a failing test outcome is named in the list of failing tests
+# (tests that did not run at all are counted in the banner, not listed)
+_OUTCOME_LABELS = {"failed": "failed", "error": "error", "timeout": "error (timeout)", "interrupted": "interrupted"}
+
+
+def is_complete(report: dict[str, Any]) -> bool:
+    """False for a partial run (reports written before ``complete`` existed count as complete)."""
+    return bool(report.get("complete", True))
+
+
+def incomplete_banner(report: dict[str, Any]) -> str:
+    """``INCOMPLETE RUN (reasons): ...`` for a partial run, "" for a complete one."""
+    if is_complete(report):
+        return ""
+    reasons = "; ".join(report.get("problems") or ["the run did not finish"])
+    return (f"INCOMPLETE RUN ({reasons}): the statuses cover only what ran; interrupted, incomplete, error and "
+            "timeout are not passes")
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -15,7 +40,14 @@ def format_table(report: dict[str, Any]) -> str:
     untested = [cid for cid in clauses if cid not in tested]
     id_width = max([len("clause")] + [len(cid) for cid in tested])
     col = max([len("not implemented")] + [len(n) for n in impls]) + 2
-    lines = [f"detspec conformance: spec {report['spec_version']}, device {report['device']}", ""]
+    banner = incomplete_banner(report)
+    lines = []
+    if banner:
+        lines += ["!" * 20, banner, "!" * 20, ""]
+    header = f"detspec conformance: spec {report['spec_version']}, device {report['device']}"
+    if report.get("timeout"):
+        header += f", per-test timeout {report['timeout']:g} s"
+    lines += [header, ""]
     lines.append("clause".ljust(id_width + 2) + "".join(n.ljust(col) for n in impls) + "statement")
     lines.append("-" * (id_width + 2 + col * len(impls) + 9))
     for cid, c in tested.items():
@@ -23,23 +55,31 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(cid.ljust(id_width + 2) + cells + c["text"])
     lines.append("")
     for n in impls:
-        counts = {s: 0 for s in STATUSES}
+        counts: dict[str, int] = {}
         for c in tested.values():
             status = c["results"].get(n, {"status": "untested"})["status"]
-            if status in counts:
-                counts[status] += 1
-        lines.append(f"{n}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES))
+            counts[status] = counts.get(status, 0) + 1
+        shown = list(STATUSES) + [s for s in _EXTRA_STATUSES if counts.get(s)]
+        lines.append(f"{n}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in shown))
     failures = [(cid, n, t) for cid, c in tested.items() for n in impls
-                for t in c["results"].get(n, {"tests": []})["tests"] if t[1] == "failed"]
+                for t in c["results"].get(n, {"tests": []})["tests"] if t[1] in _OUTCOME_LABELS]
     if failures:
         lines.append("")
         lines.append("failing tests:")
-        lines.extend(f"  {cid} [{n}]: {t[0]}" for cid, n, t in failures)
+        for cid, n, t in failures:
+            reason = f": {t[2]}" if len(t) > 2 and t[2] else ""
+            lines.append(f"  {cid} [{n}]: {t[0]} - {_OUTCOME_LABELS[t[1]]}{reason}")
+    for nodeid, outcome, reason in report.get("unattributed") or []:
+        lines.append(f"  (no clause) {nodeid} - {outcome}: {reason}")
     if untested:
         lines.append("")
         lines.append(f"{len(untested)} clauses were not checked (no test of them ran): " + ", ".join(untested))
+    if banner:
+        lines += ["", banner]
     return "\n".join(lines)
 
 
 def any_failed(report: dict[str, Any]) -> bool:
-    return any(r["status"] == "fail" for c in report["clauses"].values() for r in c["results"].values())
+    """A failing status anywhere (fail, error, timeout, interrupted, incomplete), or an error outside any clause."""
+    return bool(report.get("unattributed")) or any(
+        r["status"] in FAILING_STATUSES for c in report["clauses"].values() for r in c["results"].values())

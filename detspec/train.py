@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from detspec.data.synthetic import SyntheticCOCO
 from detspec.demo_config import DEMO_IMAGE_SIZE, DEMO_MAX_OBJECTS, DEMO_RCNN, DEMO_SCHEDULE
+from detspec.fileio import atomic_save
 from spec.config import FasterRCNNConfig
 
 LOSS_NAMES: tuple[str, ...] = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg")
@@ -239,10 +240,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     dict}; everything in it loads with ``weights_only=True``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": state, "optimizer": optimizer.state_dict(), "iteration": iteration,
-                "config": dataclasses.asdict(model_cfg)}, tmp)
-    os.replace(tmp, path)
+    checkpoint = {"model": state, "optimizer": optimizer.state_dict(), "iteration": iteration,
+                  "config": dataclasses.asdict(model_cfg)}
+    atomic_save(path, lambda fh: torch.save(checkpoint, fh))  # fsynced temporary file, then os.replace
     return path
 
 

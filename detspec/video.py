@@ -4,7 +4,11 @@ The seed's accuracy/complexity trade-off: MViT-B 16x4 is evaluated on Kinetics-4
 (``spec.mvit`` holds the numbers). Cost is reported as GFLOPs x views.
 
 Shape legend: T frames, H x W frame size, C channels (3), V = N x M views, K classes.
-A video is a uint8 or float tensor [T, H, W, C] (the layout of decoded frames and of .npy files).
+A video is a tensor [T, H, W, C] (the layout of decoded frames and of .npy files), T, H, W >= 1, C = 3, holding
+either uint8 pixels 0-255 (divided by 255) or floating-point values in [0, 1] (used as they are, as float32).
+Anything else is refused by :func:`video_to_unit` with a one-line ValueError naming the dtype or the value range:
+other integer dtypes (uint16 included: convert it to uint8, or to float / 65535, yourself), bool, complex, float
+values outside [0, 1] (e.g. 0-255 pixels stored as float: divide by 255), and NaN / infinite values.
 """
 
 from __future__ import annotations
@@ -84,14 +88,45 @@ def crop_offsets(length: int, crop: int, num_crops: int) -> list[int]:
     return [centre] if num_crops == 1 else [0, centre, length - crop]
 
 
-def make_views(video: Tensor, spec: ViewSpec) -> Tensor:
-    """[T, H, W, C] video -> [V, C, clip_len, crop, crop] normalized clips, clip-major then crop."""
-    if not isinstance(video, Tensor) or video.dim() != 4 or video.shape[-1] != len(spec.mean):
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def video_to_unit(video: Tensor, channels: int = 3, name: str = "video") -> Tensor:
+    """Check a [T, H, W, C] video and return it as float32 in [0, 1] (see the module docstring for the rules).
+
+    Raises ValueError starting with ``name`` (e.g. the file) for a wrong rank / channel count, an empty axis, a
+    dtype other than uint8 or floating point, NaN / infinite values, or float values outside [0, 1].
+    """
+    if not isinstance(video, Tensor) or video.dim() != 4 or video.shape[-1] != channels:
         shape = list(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        raise ValueError(f"video must be a [T, H, W, {len(spec.mean)}] tensor, got {shape}")
-    frames = video.permute(0, 3, 1, 2).float()  # [T, C, H, W]
+        raise ValueError(f"{name}: a video must be a [T, H, W, {channels}] array (frames, height, width, RGB), "
+                         f"got {shape}")
+    if 0 in video.shape[:3]:
+        raise ValueError(f"{name}: the video is empty: [T, H, W, C] = {list(video.shape)} (every axis needs >= 1)")
     if video.dtype == torch.uint8:
-        frames = frames / 255.0
+        return video.float() / 255.0
+    if video.dtype not in _FLOATS:
+        hint = " (convert it to uint8, or to float divided by 65535)" if video.dtype == torch.uint16 else ""
+        raise ValueError(f"{name}: a video must be uint8 (0-255) or floating point in [0, 1], got dtype "
+                         f"{str(video.dtype).removeprefix('torch.')}{hint}")
+    finite = torch.isfinite(video)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(video).sum())
+        raise ValueError(f"{name}: the video holds {nan} NaN and {video.numel() - int(finite.sum()) - nan} infinite "
+                         "values")
+    low, high = float(video.min()), float(video.max())
+    if low < 0.0 or high > 1.0:
+        hint = " (0-255 pixels stored as float: divide by 255, or store uint8)" if high <= 255.0 else ""
+        raise ValueError(f"{name}: a float video must hold values in [0, 1], got values in [{low:g}, {high:g}]{hint}")
+    return video.float()
+
+
+def make_views(video: Tensor, spec: ViewSpec, *, name: str = "video") -> Tensor:
+    """[T, H, W, C] video -> [V, C, clip_len, crop, crop] normalized clips, clip-major then crop.
+
+    The video must be uint8 (0-255) or float in [0, 1] (:func:`video_to_unit`; ``name`` starts its errors).
+    """
+    frames = video_to_unit(video, len(spec.mean), name).permute(0, 3, 1, 2)  # [T, C, H, W] float32 in [0, 1]
     frames = _resize_short_side(frames, spec.short_side)
     h, w = frames.shape[-2:]
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)

@@ -127,3 +127,58 @@ def test_format_table_lists_untested_and_failures():
     text = format_table(report)
     assert "BOX.AREA" in text and "t::x" in text
     assert "1 clauses were not checked (no test of them ran): BOX.CLIP" in text
+
+
+ERROR_SUITE = '''
+import pytest, torch
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup broke")
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown broke")
+
+@pytest.mark.clause("BOX.IOU_RANGE")
+def test_setup_error(impl, broken_setup):
+    impl.pairwise_iou(torch.zeros(1, 4), torch.zeros(1, 4))
+
+@pytest.mark.clause("BOX.IOU_NO_PLUS_ONE")
+def test_teardown_error(impl, broken_teardown):
+    impl.pairwise_iou(torch.zeros(1, 4), torch.zeros(1, 4))  # passes; its teardown fails
+
+@pytest.mark.clause("BOX.IOU_NO_PLUS_ONE")
+def test_passes(impl):
+    impl.pairwise_iou(torch.zeros(1, 4), torch.zeros(1, 4))
+'''
+
+
+def test_setup_and_teardown_errors_are_errors_not_passes(pytester):
+    pytester.makepyfile(myport=PORT, test_errors=ERROR_SUITE)
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--clause-report={report}", "--impl", "myport")
+    result.assert_outcomes(passed=2, errors=2)
+    data = json.loads(report.read_text())
+    assert data["complete"] is True and data["interrupted"] is False
+    assert _status(data, "BOX.IOU_RANGE", "myport") == "error"
+    assert _status(data, "BOX.IOU_NO_PLUS_ONE", "myport") == "error"  # one passed test does not make it a pass
+    outcomes = {t[0].split("::")[-1]: (t[1], t[2]) for t in
+                data["clauses"]["BOX.IOU_NO_PLUS_ONE"]["results"]["myport"]["tests"]}
+    assert outcomes["test_teardown_error[myport]"][0] == "error"
+    assert "teardown failed" in outcomes["test_teardown_error[myport]"][1]
+    assert outcomes["test_passes[myport]"] == ("passed", "")
+
+
+def test_tests_that_never_ran_make_the_clause_incomplete(pytester):
+    """-x stops the run after the first failure: the clause whose test never ran is "incomplete", not untested."""
+    result, data = _run(pytester, "--impl", "myport", "-x", "-p", "no:randomly")
+    # test_suite.py runs in file order: test_iou_shape passes, test_iou_value fails, then the run stops
+    assert _status(data, "BOX.IOU_RANGE", "myport") == "pass"
+    assert _status(data, "BOX.IOU_NO_PLUS_ONE", "myport") == "fail"
+    assert _status(data, "NMS.STRICT", "myport") == "incomplete"
+    assert _status(data, "BOX.AREA", "myport") == "incomplete"
+    assert data["complete"] is False and data["interrupted"] is False
+    assert data["stop_reason"] == "stopping after 1 failures"
+    assert any("did not run" in p for p in data["problems"]), data["problems"]

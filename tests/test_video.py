@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from detspec import video as V
+from spec.tolerances import DTYPE_TOLERANCES
 
 SPEC = V.ViewSpec(num_clips=5, num_crops=1, clip_len=4, frame_stride=2, crop_size=8, short_side=8,
                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -45,10 +46,11 @@ def test_make_views_shapes_and_normalization():
 
 
 def test_make_views_takes_the_right_frames():
-    frames = torch.arange(40, dtype=torch.float32)[:, None, None, None].expand(40, 8, 8, 3).contiguous()
+    # frame t holds t / 64 (exact in float32, inside [0, 1]); an 8x8 frame is already at short_side 8 (no resize)
+    frames = (torch.arange(40, dtype=torch.float32) / 64)[:, None, None, None].expand(40, 8, 8, 3).contiguous()
     spec = V.ViewSpec(**{**SPEC.__dict__, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})
-    views = V.make_views(frames, spec)  # float input: values are used as they are
-    assert views[:, 0, :, 0, 0].tolist() == V.clip_indices(40, 5, 4, 2).float().tolist()
+    views = V.make_views(frames, spec)  # float input in [0, 1]: values are used as they are
+    assert views[:, 0, :, 0, 0].tolist() == (V.clip_indices(40, 5, 4, 2).float() / 64).tolist()
 
 
 def test_classify_views_averages_probabilities():
@@ -77,3 +79,40 @@ def test_bad_input():
         V.ViewSpec(**{**SPEC.__dict__, "num_crops": 2})
     with pytest.raises(ValueError, match="no frames"):
         V.clip_indices(0, 1, 4, 2)
+
+
+def test_video_to_unit_scales_uint8_and_keeps_unit_floats():
+    rng = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (3, 4, 5, 3), dtype=torch.uint8, generator=rng)
+    # uint8 -> / 255, compared with numpy's float64 division (float32 default tolerances: one rounding apart)
+    expected = torch.from_numpy(pixels.numpy() / 255.0).float()
+    torch.testing.assert_close(V.video_to_unit(pixels), expected, rtol=DTYPE_TOLERANCES[torch.float32][0],
+                               atol=DTYPE_TOLERANCES[torch.float32][1])
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        unit = torch.tensor([0.0, 0.25, 1.0], dtype=dtype).view(1, 1, 1, 3)  # both ends of [0, 1] are inside
+        out = V.video_to_unit(unit)
+        assert out.dtype == torch.float32 and out.flatten().tolist() == [0.0, 0.25, 1.0]
+    # the same picture as uint8 or as float / 255 gives the same views
+    frames = pixels.repeat(14, 1, 1, 1)[:40]  # 40 frames: enough for SPEC's clips
+    rtol, atol = DTYPE_TOLERANCES[torch.float32]
+    torch.testing.assert_close(V.make_views(frames, SPEC), V.make_views(frames.double() / 255, SPEC),
+                               rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("video, message", [
+    (torch.zeros(2, 4, 4, 3, dtype=torch.uint16), r"got dtype uint16 \(convert it to uint8"),
+    (torch.zeros(2, 4, 4, 3, dtype=torch.int32), "got dtype int32"),
+    (torch.zeros(2, 4, 4, 3, dtype=torch.bool), "got dtype bool"),
+    (torch.full((2, 4, 4, 3), 255.0), r"values in \[255, 255\] \(0-255 pixels stored as float: divide by 255"),
+    (torch.full((2, 4, 4, 3), 1.0 + 2**-23), r"values in \[1, 1\]"),  # just above 1 (printed rounded)
+    (torch.full((2, 4, 4, 3), -1e-3), r"values in \[-0.001, -0.001\]"),
+    (torch.tensor([float("nan"), 0.5, float("inf")]).view(1, 1, 1, 3), "1 NaN and 1 infinite"),
+    (torch.zeros(0, 4, 4, 3), "empty"),
+    (torch.zeros(2, 4, 0, 3), "empty"),
+    (torch.zeros(2, 4, 4, 1), r"\[T, H, W, 3\]"),
+])
+def test_video_to_unit_refuses(video, message):
+    with pytest.raises(ValueError, match=rf"^clip\.npy: .*{message}"):
+        V.video_to_unit(video, name="clip.npy")
+    with pytest.raises(ValueError, match=message):
+        V.make_views(video, SPEC)

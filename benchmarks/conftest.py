@@ -14,7 +14,7 @@
   torchvision's [20, 242991, 2] box_iou intermediates) are mmapped either way.
 - The machine info saved in ``--benchmark-json`` gains the torch / torchvision versions, torch's thread
   count, the CPU model, the benchmark device and the GPU name (when CUDA is available), so that every
-  figure names its hardware (performance notes §5.10).
+  figure names its hardware (DESIGN.md "Performance method").
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """The ``detspec`` command.
 
-  detspec check [--impl NAME ...] [--device cpu|cuda] [--report PATH] [-k EXPR] [--workers N]
+  detspec check [--impl NAME ...] [--device cpu|cuda] [--report PATH] [-k EXPR] [--workers N] [--timeout S]
       Run the conformance suite against the implementations (default: reference and fast) and print the
-      clause table. Exits 1 if any clause fails, 2 on a usage error, 0 otherwise ("not implemented"
-      clauses of a partial port do not fail the run).
+      clause table (detspec/check.py). Exits 1 if any clause fails, errs, times out (--timeout, default 300 s
+      per test) or was interrupted, 2 on a usage error, 130/143 on SIGINT/SIGTERM (the partial table is still
+      printed, marked INCOMPLETE), 0 otherwise ("not implemented" clauses of a partial port do not fail the run).
 
   detspec convert SRC DST --from torchvision-mvit [--model mvit_b_16x4|mvit_v2_s|mvit_b_16]
-      Check a torchvision MViT state dict (a .pth file, read with weights_only=True) against detspec's
+      Check a torchvision MViT state dict (a torch.save file, read with weights_only=True) against detspec's
       layout, which is the same, and save it as DST. Unexpected or missing keys and shape mismatches are
       errors that name the keys.
 
@@ -14,7 +15,9 @@
       Faster R-CNN R50-FPN: read a detectron2 model-zoo file (model_final_*.pkl, through a restricted unpickler
       that admits numpy arrays only, or a .pth) or a torchvision fasterrcnn_resnet50_fpn state dict (.pth,
       weights_only=True; renamed, background row moved last), check it against detspec's layout (= detectron2's,
-      d2-spec §5.1) and save DST as a detspec file (detspec.checkpoints.save_detspec).
+      d2-spec §5.1) and save DST as a detspec file (detspec.checkpoints.save_detspec). Every checkpoint is
+      untrusted input; only finite floating-point weights are accepted (detspec/checkpoints.py says how float16
+      and float64 are converted). DST is written atomically and may not be SRC.
 
   detspec classify VIDEO.npy|.mp4 --weights W [--model ...] [--views 5x1] [--impl fast|reference] [--json OUT]
       Multi-view video classification: N uniform clips x M crops, class probabilities averaged (K400 protocol

@@ -112,6 +112,13 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+    threads = os.environ.get("DETSPEC_TORCH_THREADS", "").strip()
+    if threads:  # the determinism sweep (scripts/determinism_sweep.sh) pins the intra-op thread count
+        import torch
+
+        if not threads.isdigit() or int(threads) < 1:
+            raise pytest.UsageError(f"DETSPEC_TORCH_THREADS must be a positive integer, got {threads!r}")
+        torch.set_num_threads(int(threads))
     device = config.getoption("detspec_device") or "cpu"
     if device == "cuda":
         import torch

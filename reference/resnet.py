@@ -14,7 +14,7 @@ Spec: d2-spec §1.2, §2.1, §3, §5.1; detectron2 modeling/backbone/resnet.py, 
 - Outputs (RESNET.OUTPUTS): {"res2": [N, 256, H/4, W/4], "res3": [N, 512, H/8, W/8],
   "res4": [N, 1024, H/16, W/16], "res5": [N, 2048, H/32, W/32]} for a 32-divisible input.
 
-state_dict keys follow detectron2's backbone.bottom_up.* layout (§5.1): ``stem.conv1.weight``,
+state_dict keys follow detectron2's backbone.bottom_up.* layout (d2-spec §5.1): ``stem.conv1.weight``,
 ``stem.conv1.norm.{weight,bias,running_mean,running_var}``, ``res2.0.conv1.weight``, ``res2.0.shortcut.weight``, ...
 
 Shape legend: N images, C channels, H, W the input size.

@@ -1,7 +1,7 @@
 """MViT clauses (issue 6), registered into ``spec.clauses.CLAUSES`` on import.
 
 Sources: ``P1`` / ``P2`` the MViT / MViTv2 papers, ``tv`` torchvision 0.29.1 models/video/mvit.py, ``mvit-notes``
-../shared/notes/mvit-torchvision.md. Numbers live in ``spec.mvit``.
+spec/text/mvit.md. Numbers live in ``spec.mvit``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Multiscale Vision Transformer numbers as frozen dataclasses: MViT-B 16x4 (Kinetics-400), MViT-B-16 (ImageNet)
 and MViTv2-S, each field citing its source, plus the shape arithmetic the spec states.
 
-Sources use these short forms (see ../shared/notes/mvit-torchvision.md):
+Sources use these short forms (see spec/text/mvit.md, whose Appendix B indexes the paper locations):
 
 - ``P1 <where>``   Fan et al., "Multiscale Vision Transformers" (arXiv 2104.11227)
 - ``P2 <where>``   Li et al., "MViTv2" (arXiv 2112.01526)
@@ -124,7 +124,7 @@ class MViTConfig:
     cls_embed: bool = cited(True, "P1 §3.3: a class token, never pooled; SF MVIT.CLS_EMBED_ON")
     sep_pos_embed: bool = cited(True, "P1 Table 11: separate space and time embeddings; SF MVIT.SEP_POS_EMBED")
     pos_interp_spatial: str = cited("bicubic", "timm resample_abs_pos_embed: bicubic, align_corners=False")
-    pos_interp_temporal: str = cited("linear", "P1 Table 4 footnote: temporal pos-emb interpolated (64x3 from 32x3)")
+    pos_interp_temporal: str = cited("linear", "P1 §4.1: temporal pos-emb interpolated (64x3 from 32x3)")
     rel_pos_embed: bool = cited(False, "P1 has absolute embeddings only")
     rel_pos_interp: str = cited("linear", "tv:_interpolate: 1-D linear resize of a rel-pos table")
     residual_pool: bool = cited(False, "P1 has no residual pooling connection")
@@ -280,7 +280,7 @@ class MViTKnownValues:
     """Numbers the spec states about the built models (checked by the MVIT.* clauses)."""
 
     token_counts_b16x4: tuple[int, ...] = cited(
-        (25089, 6273, 1569, 393), "P1 Table 3b (8x56x56 .. 8x7x7 + cls); notes App. A [measured tv]")
+        (25089, 6273, 1569, 393), "P1 Table 3b (8x56x56 .. 8x7x7 + cls); mvit-notes App. A [measured tv]")
     params_v1_b: int = cited(36_610_672, "tv MViT_V1_B_Weights meta num_params [measured]; P1 Table 4 36.6M")
     params_v2_s: int = cited(34_537_744, "tv MViT_V2_S_Weights meta num_params [measured]")
     params_image_b16_millions: float = cited(37.0, "P1 Table 17: MViT-B-16 37.0M")
@@ -316,7 +316,7 @@ MVIT_B_16 = replace(
 MVIT_V2_S = replace(
     MVIT_B_16X4,
     name="mvit_v2_s",
-    channel_expansion="stage_start",  # tv:mvit_v2_s proj_after_attn=True (P2 §4.1: dim_mul_in_att)
+    channel_expansion="stage_start",  # tv:mvit_v2_s proj_after_attn=True (P2 App. B.1: dim_mul_in_att)
     pool_q_every_block=True,  # tv:mvit_v2_s kernel_q [3,3,3] in every block (stride 1 outside transitions)
     sep_pos_embed=False,  # tv:mvit_v2_s rel_pos_embed=True: no absolute position tables, class token only
     rel_pos_embed=True,  # P2 eq. 3-4 decomposed relative positions (rel_q only)

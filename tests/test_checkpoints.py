@@ -1,6 +1,6 @@
 """detspec.checkpoints: detectron2 / torchvision Faster R-CNN checkpoints -> detspec's layout (d2-spec §5.1).
 
-Expected values come from the spec's §5.1 table (typed in below), spec.config's parameter count and
+Expected values come from d2-spec §5.1 (its table typed in below), spec.config's parameter count and
 torchvision's own fasterrcnn_resnet50_fpn (an independent implementation of the same network).
 """
 
@@ -59,7 +59,7 @@ def tv_path(tv_state, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def d2_arrays():
-    """A fake detectron2 model: random finite float32 arrays with §5.1's keys and shapes (80 classes).
+    """A fake detectron2 model: random finite float32 arrays with d2-spec §5.1's keys and shapes (80 classes).
 
     Every byte is masked below 0x80 (positive values, even exponents: never inf or NaN). Protocol 2 pickles bytes
     as latin-1 text, and ASCII-only text pickles and unpickles several times faster than arbitrary bytes.
@@ -97,7 +97,7 @@ def _write_pickle(path, obj, protocol=2):
 def test_expected_layout_is_the_spec_table():
     layout = expected_layout(80)
     assert len(layout) == 295  # d2-spec §5.1: 53 convs x 5 + FPN 16 + RPN 6 + box head 8
-    # rows typed in from the §5.1 tables
+    # rows typed in from the d2-spec §5.1 tables
     assert layout["backbone.bottom_up.stem.conv1.weight"] == (64, 3, 7, 7)
     assert layout["backbone.bottom_up.stem.conv1.norm.running_var"] == (64,)
     assert layout["backbone.bottom_up.res2.0.shortcut.weight"] == (256, 64, 1, 1)

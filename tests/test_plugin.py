@@ -182,3 +182,21 @@ def test_tests_that_never_ran_make_the_clause_incomplete(pytester):
     assert data["complete"] is False and data["interrupted"] is False
     assert data["stop_reason"] == "stopping after 1 failures"
     assert any("did not run" in p for p in data["problems"]), data["problems"]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_torch_threads_pinned_by_the_sweep_variable(pytester: pytest.Pytester, monkeypatch, threads):
+    """DETSPEC_TORCH_THREADS (scripts/determinism_sweep.sh) sets torch's intra-op thread count for the run."""
+    monkeypatch.setenv("DETSPEC_TORCH_THREADS", threads)
+    pytester.makepyfile(test_threads=f"import torch\n\ndef test_threads():\n"
+                                     f"    assert torch.get_num_threads() == {threads}\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
+    result.assert_outcomes(passed=1)
+
+
+def test_bad_torch_threads_value_is_a_usage_error(pytester: pytest.Pytester, monkeypatch):
+    monkeypatch.setenv("DETSPEC_TORCH_THREADS", "two")
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*DETSPEC_TORCH_THREADS must be a positive integer*"])

@@ -97,3 +97,28 @@ def test_readme_adapter_passes_the_iou_clauses(tmp_path):
     clauses = json.loads(report.read_text())["clauses"]
     for cid in ("BOX.IOU_NO_PLUS_ONE", "BOX.IOU_ZERO_NO_OVERLAP", "BOX.IOU_RANGE"):
         assert clauses[cid]["results"]["my_port"]["status"] == "pass", (cid, clauses[cid]["results"]["my_port"])
+
+
+def _guarantee_tests() -> list[tuple[str, str | None]]:
+    """(test file, test name or None for a whole file) for every test the README's Guarantees table names."""
+    section = README.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    named: list[tuple[str, str | None]] = []
+    for row in (line for line in section.splitlines() if line.startswith("| ") and "test_" in line):
+        current = None
+        for ref in re.findall(r"`([^`]+)`", row.rsplit("|", 2)[-2]):
+            m = re.fullmatch(r"(test_\w+\.py)?(?:::(test_\w+))?", ref)
+            if not m or not (m.group(1) or m.group(2)):
+                continue
+            current = m.group(1) or current
+            named.append((current, m.group(2)))
+    return named
+
+
+def test_every_guarantee_names_existing_tests():
+    named = _guarantee_tests()
+    assert len(named) >= 20, named  # the table was parsed (a broken parse would make this test vacuous)
+    for path, name in named:
+        assert path is not None, f"a guarantee names ::{name} without a file"
+        text = (ROOT / "tests" / path).read_text()
+        if name is not None:
+            assert re.search(rf"^def {name}\(", text, flags=re.M), f"README Guarantees: tests/{path}::{name} is gone"

@@ -104,7 +104,7 @@ def case(name):
         got = K.multilevel_roi_align_triton(feats, rois, levels, 5, STRIDES, sr, aligned)
         close(got, expected_multilevel(feats, rois, levels, 5, sr, aligned))
     elif name == "empty-roi-pools-zero":
-        # d2-spec 2.11 item 3/6: aligned, adaptive grid ceil(0 / out) = 0 samples -> exactly 0.
+        # d2-spec §2.11 item 3/6: aligned, adaptive grid ceil(0 / out) = 0 samples -> exactly 0.
         feats = make_features()
         rois = torch.tensor([[1, 10.0, 8.0, 10.0, 8.0], [0, 16.0, 8.0, 16.0, 12.0], [0, 2.0, 3.0, 17.5, 14.0]])
         levels = torch.tensor([0, 1, 0])
@@ -117,7 +117,7 @@ def case(name):
             close(got, expected_multilevel(feats, rois, levels, 3, 2, aligned))
             assert got[0].abs().sum() > 0
     elif name == "outside-roi-pools-zero":
-        # d2-spec 2.11 item 5: every sample beyond one pixel outside the map contributes 0 -> 0.
+        # d2-spec §2.11 item 5: every sample beyond one pixel outside the map contributes 0 -> 0.
         feats = make_features()
         rois = torch.tensor([[1, 60.0, 50.0, 80.0, 70.0], [0, -40.0, -30.0, -12.0, -10.0]])
         levels = torch.tensor([1, 0])

@@ -32,7 +32,7 @@ P_NAMES = ("p2", "p3", "p4", "p5", "p6")
 P_STRIDES = (4, 8, 16, 32, 64)
 EPS32 = torch.finfo(torch.float32).eps
 
-# §5.1: stage -> (blocks, bottleneck width, output width, input width of block 0)
+# d2-spec §5.1: stage -> (blocks, bottleneck width, output width, input width of block 0)
 STAGE_TABLE = {"res2": (3, 64, 256, 64), "res3": (4, 128, 512, 256), "res4": (6, 256, 1024, 512),
                "res5": (3, 512, 2048, 1024)}
 

@@ -248,7 +248,7 @@ def _inference_flat(boxes: Tensor, scores: Tensor, counts: list[int], image_size
     pairs = cand.nonzero()  # [M, 2] (row, class), row-major: the reference's candidate order
     row, cls = pairs[:, 0], pairs[:, 1]
     cand_scores = fg[row, cls]
-    upper = _sizes_tensor(image_sizes, boxes)[:, [1, 0, 1, 0]]  # [N, 4] (w, h, w, h)
+    upper = _sizes_tensor(image_sizes, boxes).flip(1).repeat(1, 2)  # [N, 4] (w, h, w, h), no host index
     cand_img = image[row]
     cand_boxes = torch.minimum(boxes.reshape(num_rows, num_classes, 4)[row, cls].clamp(min=0), upper[cand_img])
     if min_box_size is not None:  # torchvision's remove_small_boxes
@@ -313,7 +313,7 @@ def fast_rcnn_inference_static(boxes: Tensor, scores: Tensor, image_sizes: Tenso
     valid = fg > score_thresh  # [N, R, K]
     if drop_nonfinite:
         valid &= (torch.isfinite(boxes).all(dim=2) & torch.isfinite(scores).all(dim=2))[:, :, None]
-    upper = _sizes_tensor(image_sizes, boxes)[:, [1, 0, 1, 0]][:, None, :]  # [N, 1, 4]
+    upper = _sizes_tensor(image_sizes, boxes).flip(1).repeat(1, 2)[:, None, :]  # [N, 1, 4] (w, h, w, h)
     clipped = boxes.reshape(n, r * k, 4)
     clipped = torch.where(valid.reshape(n, r * k, 1), clipped, torch.zeros((), dtype=dtype, device=device))
     clipped = torch.minimum(clipped.clamp(min=0), upper)  # [N, R*K, 4]

@@ -6,16 +6,14 @@ per-sample mask. Grid checks are the reference's (a skip/Q grid mismatch is a Va
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fast.mvit.attention import PoolingAttention
 from fast.mvit.pooling import Pool
-from spec.mvit import MVIT_B_16X4, MViTBlockSpec, MViTConfig, check_tokens, skip_kernel
+from layout import mvit as layout
+from spec.mvit import check_tokens
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -27,51 +25,12 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     return x * mask / keep
 
 
-class MultiScaleBlock(nn.Module):
-    def __init__(self, dim: int, dim_out: int, num_heads: int, *,
-                 kernel_q: Sequence[int] | None = None, stride_q: Sequence[int] = (1, 1, 1),
-                 kernel_kv: Sequence[int] | None = MVIT_B_16X4.pool_kernel, stride_kv: Sequence[int] = (1, 1, 1),
-                 mlp_ratio: float = MVIT_B_16X4.mlp_ratio, qkv_bias: bool = MVIT_B_16X4.qkv_bias,
-                 norm_eps: float = MVIT_B_16X4.norm_eps, mode: str = MVIT_B_16X4.pool_mode,
-                 pool_norm: bool = MVIT_B_16X4.pool_norm, has_cls_token: bool = MVIT_B_16X4.cls_embed,
-                 expand_in_attention: bool = False, rel_pos_size: Sequence[int] | None = None,
-                 residual_pool: bool = MVIT_B_16X4.residual_pool,
-                 residual_pool_cls: bool = MVIT_B_16X4.residual_pool_cls,
-                 drop_path: float = 0.0, attention_dropout: float = MVIT_B_16X4.attention_dropout):
-        super().__init__()
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
-        self.dim, self.dim_out = dim, dim_out
-        self.expand_in_attention = expand_in_attention
-        self.has_cls_token = has_cls_token
-        self.drop_path = drop_path
-        attn_dim = dim_out if expand_in_attention else dim
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.norm2 = nn.LayerNorm(attn_dim, eps=norm_eps)  # registered before attn: torchvision's key order
-        self.attn = PoolingAttention(
-            dim, num_heads, dim_out=attn_dim, kernel_q=kernel_q, stride_q=stride_q, kernel_kv=kernel_kv,
-            stride_kv=stride_kv, mode=mode, pool_norm=pool_norm, qkv_bias=qkv_bias, norm_eps=norm_eps,
-            has_cls_token=has_cls_token, rel_pos_size=rel_pos_size, residual_pool=residual_pool,
-            residual_pool_cls=residual_pool_cls, attention_dropout=attention_dropout)
-        hidden = int(attn_dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(attn_dim, hidden), nn.GELU(), nn.Dropout(attention_dropout),
-                                 nn.Linear(hidden, dim_out), nn.Dropout(attention_dropout))
-        self.project = nn.Linear(dim, dim_out) if dim != dim_out else None
-        stride_q = tuple(stride_q)
-        self.pool_skip = None
-        if math.prod(stride_q) > 1:
-            self.pool_skip = Pool(dim_out if expand_in_attention else dim, skip_kernel(stride_q), stride_q,
-                                  mode="max", norm=False, has_cls_token=has_cls_token)
+class MultiScaleBlock(layout.MultiScaleBlock):
+    """Fast forward; parameters, config checks and keys are ``layout.mvit.MultiScaleBlock``'s (``self.drop_path``
+    is the stochastic-depth probability)."""
 
-    @classmethod
-    def from_spec(cls, row: MViTBlockSpec, cfg: MViTConfig, grid: Sequence[int]) -> MultiScaleBlock:
-        return cls(row.dim_in, row.dim_out, row.num_heads, kernel_q=row.kernel_q, stride_q=row.stride_q,
-                   kernel_kv=row.kernel_kv, stride_kv=row.stride_kv, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                   norm_eps=cfg.norm_eps, mode=cfg.pool_mode, pool_norm=cfg.pool_norm, has_cls_token=cfg.cls_embed,
-                   expand_in_attention=cfg.channel_expansion == "stage_start",
-                   rel_pos_size=tuple(grid) if cfg.rel_pos_embed else None, residual_pool=cfg.residual_pool,
-                   residual_pool_cls=cfg.residual_pool_cls, drop_path=row.drop_path,
-                   attention_dropout=cfg.attention_dropout)
+    attention_type = PoolingAttention
+    pool_type = Pool
 
     def _mlp(self, x: Tensor) -> Tensor:
         fc1, fc2 = self.mlp[0], self.mlp[3]

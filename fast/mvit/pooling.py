@@ -6,45 +6,22 @@ channels are innermost (channels-last), and pooled in one call over all heads: `
 the shared depthwise filter repeated per head (groups = h*d), ``avg``/``max`` pool each channel. The result is
 read back as tokens [B, N', h, d] without a copy and LayerNorm-ed over d (cls included). No loops over heads.
 
-Keys: ``pool.weight`` [d, 1, kT, kH, kW] (conv), ``norm_act.0.{weight,bias}``.
+Keys (``layout.mvit.Pool``): ``pool.weight`` [d, 1, kT, kH, kW] (conv), ``norm_act.0.{weight,bias}``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from spec.mvit import MVIT_B_16X4, same_padding
+from layout import mvit as layout
 
 
-class Pool(nn.Module):
-    def __init__(self, channels: int, kernel: Sequence[int], stride: Sequence[int], *,
-                 mode: str = MVIT_B_16X4.pool_mode, norm: bool = MVIT_B_16X4.pool_norm,
-                 norm_eps: float = MVIT_B_16X4.norm_eps, has_cls_token: bool = MVIT_B_16X4.cls_embed):
-        super().__init__()
-        kernel, stride = tuple(kernel), tuple(stride)
-        if len(kernel) != 3 or len(stride) != 3 or min(kernel + stride) < 1:
-            raise ValueError(f"kernel and stride must be three positive ints (T, H, W), got {kernel} and {stride}")
-        padding = same_padding(kernel)  # type: ignore[arg-type]
-        if mode == "conv":
-            self.pool = nn.Conv3d(channels, channels, kernel, stride=stride, padding=padding, groups=channels,
-                                  bias=False)
-        elif mode == "avg":
-            # padding counted (count_include_pad): an explicit zero pad, since torch's avg_pool3d refuses
-            # inputs shorter than the kernel before padding even where the padded window fits
-            self.pool = nn.AvgPool3d(kernel, stride=stride, padding=0)
-        elif mode == "max":
-            self.pool = nn.MaxPool3d(kernel, stride=stride, padding=padding)
-        else:
-            raise ValueError(f"mode must be one of ('conv', 'avg', 'max'), got {mode!r}")
-        self.norm_act = nn.Sequential(nn.LayerNorm(channels, eps=norm_eps)) if norm else None
-        self.kernel, self.stride, self.padding, self.mode = kernel, stride, padding, mode
-        self.channels = channels
-        self.cls = 1 if has_cls_token else 0
+class Pool(layout.Pool):
+    """All heads in one channels-last call; parameters, config checks and keys are ``layout.mvit.Pool``'s."""
 
     def pool_volume(self, volume: Tensor, heads: int) -> Tensor:
         """[B, h*d, T, H, W] -> [B, h*d, T', H', W'], every head with the same operator."""
@@ -54,6 +31,8 @@ class Pool(nn.Module):
                 weight = weight.repeat(heads, 1, 1, 1, 1)
             return F.conv3d(volume, weight.to(volume.dtype), None, self.stride, self.padding, 1, volume.shape[1])
         if self.mode == "avg":
+            # padding counted (count_include_pad): an explicit zero pad, since torch's avg_pool3d refuses
+            # inputs shorter than the kernel before padding even where the padded window fits
             pt, ph, pw = self.padding
             return F.avg_pool3d(F.pad(volume, (pw, pw, ph, ph, pt, pt)), self.kernel, self.stride)
         return F.max_pool3d(volume, self.kernel, self.stride, self.padding)
@@ -64,7 +43,7 @@ class Pool(nn.Module):
             x = x.unsqueeze(2)  # [B, N, 1, C]
         b, n, h, d = x.shape
         t, hh, ww = thw
-        c = self.cls
+        c = 1 if self.has_cls_token else 0
         data = x[:, c:]  # [B, THW, h, d]; (h, d) are contiguous in the qkv output
         volume = data.reshape(b, t, hh, ww, h * d).permute(0, 4, 1, 2, 3)  # channels-last view, no copy
         # one channel: a standard layout; torch 2.14's conv3d misreads some channels-last tensors with C = 1
@@ -80,5 +59,3 @@ class Pool(nn.Module):
             out = out.squeeze(2)
         return out, new_thw  # type: ignore[return-value]
 
-    def extra_repr(self) -> str:
-        return f"mode={self.mode}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"

@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from spec.mvit import MVIT_B_16X4
+from layout import mvit as layout
 
 
-class PositionalEncoding(nn.Module):
-    def __init__(self, dim: int, grid: tuple[int, int, int], *, absolute: bool = MVIT_B_16X4.sep_pos_embed,
-                 cls_token: bool = MVIT_B_16X4.cls_embed, spatial_mode: str = MVIT_B_16X4.pos_interp_spatial,
-                 temporal_mode: str = MVIT_B_16X4.pos_interp_temporal):
-        super().__init__()
-        self.grid = tuple(grid)
-        self.spatial_mode, self.temporal_mode = spatial_mode, temporal_mode
-        self.cls_token = cls_token
-        self.absolute = absolute
-        if cls_token:
-            self.class_token = nn.Parameter(torch.zeros(dim))
-        if absolute:
-            t0, h0, w0 = grid
-            self.spatial_pos = nn.Parameter(torch.zeros(h0 * w0, dim))
-            self.temporal_pos = nn.Parameter(torch.zeros(t0, dim))
-            if cls_token:
-                self.class_pos = nn.Parameter(torch.zeros(dim))
+class PositionalEncoding(layout.PositionalEncoding):
+    """One broadcast add; parameters and keys are ``layout.mvit.PositionalEncoding``'s."""
 
     def _spatial(self, hw: tuple[int, int]) -> Tensor:
         if hw == self.grid[1:]:

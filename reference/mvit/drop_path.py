@@ -2,28 +2,19 @@
 
 Shapes: x [B, ...]. In eval mode, or with p = 0, it is the identity. In training each sample's branch is kept with
 probability 1 - p and then scaled by 1 / (1 - p), so its expectation is unchanged (torchvision StochasticDepth
-"row" mode).
+"row" mode). The probability p (in [0, 1), checked by ``layout.mvit.MultiScaleBlock``) is the block's
+``drop_path``, linear in depth (``spec.mvit.MViTConfig.drop_path``).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
-class DropPath(nn.Module):
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path probability p must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """x with each sample's branch zeroed (probability p) or scaled by 1 / (1 - p), in training only."""
+    if not training or p == 0.0:
+        return x
+    keep = 1.0 - p
+    per_sample = (x.shape[0],) + (1,) * (x.dim() - 1)  # one draw per sample, broadcast over the rest
+    return x * x.new_empty(per_sample).bernoulli_(keep) / keep

@@ -4,21 +4,13 @@ Shapes: clip [B, C, T, H, W] -> tokens [B, T'*H'*W', D] with (T', H', W') = floo
 (MVIT.POOLED_LENGTH); for MViT-B 16x4: kernel 3x7x7, stride 2x4x4, padding 1x3x3, D = 96, so
 16x224x224 -> 8x56x56 = 25088 tokens. Tokens are flattened in (t, h, w) order, t slowest.
 
-The conv is registered on the model as ``conv_proj`` (torchvision's key), so this file only builds it and
-applies it.
+The conv is registered on the model as ``conv_proj`` (torchvision's key) and built by
+``layout.mvit.make_patch_embedding``; this file applies it.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
-
-from spec.mvit import MViTConfig
-
-
-def make_patch_embedding(cfg: MViTConfig) -> nn.Conv3d:
-    """Conv3d(C -> D, kernel, stride, padding, bias=True) from the config."""
-    return nn.Conv3d(cfg.in_channels, cfg.embed_dim, kernel_size=cfg.patch_kernel, stride=cfg.patch_stride,
-                     padding=cfg.patch_padding, bias=True)
 
 
 def embed_patches(conv: nn.Conv3d, clip: Tensor) -> tuple[Tensor, tuple[int, int, int]]:

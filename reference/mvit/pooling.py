@@ -14,21 +14,19 @@ Steps (torchvision ``Pool``):
 4. flatten back and put the cls token in front;
 5. LayerNorm over d on every token, cls included (conv pooling; P1 Table 15 "conv" = conv + LN).
 
-Parameters (torchvision's keys): ``pool.weight`` [d, 1, k_T, k_H, k_W] (conv only), ``norm_act.0.{weight,bias}``.
+Parameters (torchvision's keys; built by ``layout.mvit.Pool``): ``pool.weight`` [d, 1, k_T, k_H, k_W] (conv only),
+``norm_act.0.{weight,bias}``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from spec.mvit import MVIT_B_16X4, same_padding
-
-POOL_MODES = ("conv", "avg", "max")
+from layout import mvit as layout
 
 
 def windows(volume: Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int],
@@ -41,22 +39,8 @@ def windows(volume: Tensor, kernel: tuple[int, int, int], stride: tuple[int, int
     return padded.flatten(-3)
 
 
-class Pool(nn.Module):
-    def __init__(self, channels: int, kernel: Sequence[int], stride: Sequence[int], *,
-                 mode: str = MVIT_B_16X4.pool_mode, norm: bool = MVIT_B_16X4.pool_norm,
-                 norm_eps: float = MVIT_B_16X4.norm_eps, has_cls_token: bool = MVIT_B_16X4.cls_embed):
-        super().__init__()
-        kernel, stride = tuple(kernel), tuple(stride)
-        if len(kernel) != 3 or len(stride) != 3 or min(kernel + stride) < 1:
-            raise ValueError(f"kernel and stride must be three positive ints (T, H, W), got {kernel} and {stride}")
-        if mode not in POOL_MODES:
-            raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
-        if mode == "conv":  # the parameter holder: one filter per channel, as a depthwise Conv3d
-            self.pool = nn.Conv3d(channels, channels, kernel, stride=stride, padding=same_padding(kernel),
-                                  groups=channels, bias=False)
-        self.norm_act = nn.Sequential(nn.LayerNorm(channels, eps=norm_eps)) if norm else None
-        self.kernel, self.stride, self.padding, self.mode = kernel, stride, same_padding(kernel), mode
-        self.has_cls_token = has_cls_token
+class Pool(layout.Pool):
+    """P(.; Theta) over every head; parameters, config checks and keys are ``layout.mvit.Pool``'s."""
 
     def reduce(self, volume: Tensor) -> Tensor:
         """[N, d, T, H, W] -> [N, d, T', H', W']: step 3."""
@@ -94,5 +78,3 @@ class Pool(nn.Module):
             x = x.squeeze(1)
         return x, new_thw  # type: ignore[return-value]
 
-    def extra_repr(self) -> str:
-        return f"mode={self.mode}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"

@@ -1,6 +1,6 @@
 """Separable space/time positional embeddings with a class token (P1 §3.3, Table 11; clause MVIT.POS_EMBED).
 
-Parameters (torchvision's names):
+Parameters (torchvision's names; built by ``layout.mvit.PositionalEncoding``):
 
 - ``class_token`` [D]                 the learned cls token, prepended to the data tokens;
 - ``spatial_pos`` [H0*W0, D]          one vector per spatial position (v1 only);
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from layout import mvit as layout
 from spec.mvit import MVIT_B_16X4
 
 
@@ -43,23 +44,8 @@ def resize_temporal_table(table: Tensor, new_t: int, mode: str = MVIT_B_16X4.pos
     return F.interpolate(signal, size=new_t, mode=mode, align_corners=False)[0].t()
 
 
-class PositionalEncoding(nn.Module):
-    def __init__(self, dim: int, grid: tuple[int, int, int], *, absolute: bool = MVIT_B_16X4.sep_pos_embed,
-                 cls_token: bool = MVIT_B_16X4.cls_embed, spatial_mode: str = MVIT_B_16X4.pos_interp_spatial,
-                 temporal_mode: str = MVIT_B_16X4.pos_interp_temporal):
-        super().__init__()
-        self.grid = tuple(grid)
-        self.spatial_mode, self.temporal_mode = spatial_mode, temporal_mode
-        self.cls_token = cls_token
-        if cls_token:
-            self.class_token = nn.Parameter(torch.zeros(dim))
-        self.absolute = absolute
-        if absolute:
-            t0, h0, w0 = grid
-            self.spatial_pos = nn.Parameter(torch.zeros(h0 * w0, dim))
-            self.temporal_pos = nn.Parameter(torch.zeros(t0, dim))
-            if cls_token:
-                self.class_pos = nn.Parameter(torch.zeros(dim))
+class PositionalEncoding(layout.PositionalEncoding):
+    """The added positions above; parameters and keys are ``layout.mvit.PositionalEncoding``'s."""
 
     def table(self, thw: tuple[int, int, int]) -> Tensor:
         """The added embedding [1 + T*H*W, D] for grid thw: class_pos, then temporal[t] + spatial[h, w]."""

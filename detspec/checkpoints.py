@@ -63,31 +63,15 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------------------------------------ layout
 @functools.lru_cache(maxsize=8)
 def _layout(num_classes: int, cfg: FasterRCNNConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    import reference  # the reference modules define the backbone / FPN / RPN key names and shapes
+    """Every key and shape of the meta-architecture (layout/rcnn.py) with the reference's components, built on the
+    meta device from cfg: nothing is typed here, so the checked layout is the one the models have."""
+    from reference.rcnn import FasterRCNN
 
+    if cfg.box_head.num_conv:
+        raise ValueError(f"cfg.box_head.num_conv must be 0 (Base-RCNN-FPN's 2-fc head), got {cfg.box_head.num_conv}")
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        resnet = reference.ResNet(cfg.resnet)
-        fpn = reference.FPN([resnet.out_feature_channels[f] for f in cfg.fpn.in_features], cfg.fpn)
-        rpn = reference.RPN(cfg.rpn, cfg.anchors, in_channels=cfg.fpn.out_channels)
-    items: list[tuple[str, tuple[int, ...]]] = []
-    for prefix, module in (("backbone.bottom_up.", resnet), ("backbone.", fpn), ("proposal_generator.", rpn)):
-        items += [(prefix + k, tuple(t.shape)) for k, t in module.state_dict().items()]
-
-    box = cfg.box_head
-    if box.num_conv:
-        raise ValueError(f"cfg.box_head.num_conv must be 0 (Base-RCNN-FPN's 2-fc head), got {box.num_conv}")
-    in_dim = cfg.fpn.out_channels * box.pooler_resolution**2  # the (C, 7, 7) channel-major flatten: 12544
-    for i in range(1, box.num_fc + 1):  # roi_heads.box_head.fc1, fc2
-        items += [(f"roi_heads.box_head.fc{i}.weight", (box.fc_dim, in_dim)),
-                  (f"roi_heads.box_head.fc{i}.bias", (box.fc_dim,))]
-        in_dim = box.fc_dim
-    box_dim = len(box.box_coder.weights)  # 4 deltas per box
-    reg_rows = box_dim if box.cls_agnostic_bbox_reg else box_dim * num_classes  # row 4c + j
-    items += [("roi_heads.box_predictor.cls_score.weight", (num_classes + 1, in_dim)),  # background last
-              ("roi_heads.box_predictor.cls_score.bias", (num_classes + 1,)),
-              ("roi_heads.box_predictor.bbox_pred.weight", (reg_rows, in_dim)),
-              ("roi_heads.box_predictor.bbox_pred.bias", (reg_rows,))]
-    return tuple(items)
+        model = FasterRCNN(cfg, num_classes=num_classes)
+    return tuple((k, tuple(t.shape)) for k, t in model.state_dict().items())
 
 
 def expected_layout(num_classes: int = BASE_RCNN_FPN.roi_heads.num_classes, *,

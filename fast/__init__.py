@@ -1,7 +1,8 @@
 """detspec's fast implementation: vectorized, device-agnostic torch, Triton kernels on CUDA.
 
-Same contract and state_dict layouts as ``reference``; never imports it. No Python loops over boxes,
-anchors or tokens. Agreement with the reference is checked within ``spec.tolerances``.
+Same contract and state_dict layouts as ``reference`` (the parameter-bearing modules of both subclass the
+skeletons in ``layout``); never imports it. No Python loops over boxes, anchors or tokens. Agreement with the
+reference is checked within ``spec.tolerances``.
 """
 
 from fast.anchors import AnchorCache, cell_anchors, grid_anchors
@@ -13,6 +14,7 @@ from fast.nms import batched_nms, nms
 # any other module (fast.poolers) imports it (the import system binds the submodule on the package).
 from fast.roi_align import roi_align
 from fast.sampling import subsample_labels, subsample_masks
+from layout.lazy import lazy_attributes
 
 __all__ = [
     "AnchorCache", "batched_nms", "box_area", "cell_anchors", "clip_boxes", "decode_boxes", "encode_boxes",
@@ -51,16 +53,4 @@ _LAZY = {
     "ROIHeads": "fast.roi_heads",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

@@ -9,11 +9,18 @@ image * L + level (so NMS runs per image and per level); then the first post_nms
 ``decode_and_select``: the RPN's path. Top-k comes first and only the Σ k_i winners are decoded, which gives
 the same boxes as decoding all R anchors and selecting afterwards (decoding is per row).
 
-``select_proposals_static``: the same result with static shapes and no host synchronisation (for CUDA graphs
-and torch.compile). Non-finite and empty candidates are masked instead of removed. NMS is exact greedy NMS
-with fixed shapes: per (image, level) a dense [k, k] "IoU > thr and i ranks before j" mask, resolved by a
-sweep over ceil(k / 64) row blocks; each block is settled by 63 fixed-point rounds (after round t the first
-t + 1 rows of the block are final, so 63 rounds settle 64 rows), then its kept rows suppress all later rows.
+``rank_by="sigmoid"`` (the torchvision profile, clause PROPOSAL.TORCHVISION_RANKING): NMS and the kept order use
+sigmoid(logit) in the logits' dtype, and tied probabilities are ordered as torchvision's CPU batched_nms orders
+them: by (level, rank) up to TV_BATCHED_NMS_LOOP_ABOVE candidates in an image, above it by
+torch.sort(descending=True, stable=False) on CPU over the kept candidates in (level, rank) order. That sort is
+one CPU call per such image (a host round trip, on CUDA too, so that every device gives the same order).
+
+``select_proposals_static``: the same result (rank_by="logit" only) with static shapes and no host
+synchronisation (for CUDA graphs and torch.compile). Non-finite and empty candidates are masked instead of
+removed. NMS is exact greedy NMS with fixed shapes: per (image, level) a dense [k, k] "IoU > thr and i ranks
+before j" mask, resolved by a sweep over ceil(k / 64) row blocks; each block is settled by 63 fixed-point rounds
+(after round t the first t + 1 rows of the block are final, so 63 rounds settle 64 rows), then its kept rows
+suppress all later rows.
 Every loop count depends on k only.
 
 Shape legend: N images; L levels; P_i candidates (anchors) of level i; k_i = min(P_i, pre_nms_topk);
@@ -31,12 +38,13 @@ from torch import Tensor
 from fast.boxes import decode_boxes, iou_planes
 from fast.nms import batched_nms
 from spec import validate as v
-from spec.config import BASE_RCNN_FPN, SCALE_CLAMP
+from spec.config import BASE_RCNN_FPN, SCALE_CLAMP, TV_BATCHED_NMS_LOOP_ABOVE
 
 _RPN = BASE_RCNN_FPN.rpn
 
 DIVERGED = "Predicted boxes or scores contain Inf/NaN. Training has diverged."
 BLOCK = 64  # rows settled together by the static sweep
+RANK_BY = ("logit", "sigmoid")
 
 
 # ------------------------------------------------------------------------------------------------ shared steps
@@ -71,7 +79,7 @@ def _size_bounds(image_sizes: Sequence[tuple[int, int]] | Tensor, like: Tensor) 
             hw = hw.pin_memory().to(like.device, non_blocking=True)
         else:
             hw = hw.to(like.device)
-    return hw[:, [1, 0, 1, 0]][:, None, :]
+    return hw.flip(1).repeat(1, 2)[:, None, :]  # (w, h, w, h); a list index would copy host-to-device and sync
 
 
 def _clip_and_mask(boxes: Tensor, scores: Tensor, image_sizes, min_box_size: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -83,13 +91,39 @@ def _clip_and_mask(boxes: Tensor, scores: Tensor, image_sizes, min_box_size: flo
     return clipped, finite, keep
 
 
+def _check_rank(rank_by: str) -> None:
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
+
+
+def _torchvision_merge(kept: Tensor, counts: Tensor, image: Tensor, rank: Tensor, n: int) -> Tensor:
+    """Reorder each image's kept candidates (a contiguous run of `kept`) as torchvision's CPU batched_nms does.
+
+    An image with more than TV_BATCHED_NMS_LOOP_ABOVE candidates entering NMS gets its kept candidates in
+    index order, then sorted by rank with torch.sort(descending=True, stable=False) on CPU: the same call on
+    the same array as torchvision's, so the same order of ties. Other images keep the stable order.
+    """
+    candidates = torch.bincount(image, minlength=n).tolist()  # per image, entering NMS
+    pieces = list(kept.split(counts.tolist()))
+    for i, m in enumerate(candidates):
+        if m > TV_BATCHED_NMS_LOOP_ABOVE:
+            by_index = torch.sort(pieces[i]).values
+            order = torch.sort(rank[by_index].cpu(), descending=True, stable=False).indices
+            pieces[i] = by_index[order.to(by_index.device)]
+    return torch.cat(pieces) if pieces else kept
+
+
 def _select(boxes: Tensor, scores: Tensor, ks: list[int], image_sizes, nms_thresh: float, post_nms_topk: int,
-            min_box_size: float, training: bool) -> list[tuple[Tensor, Tensor]]:
+            min_box_size: float, training: bool, rank_by: str = "logit",
+            score_thresh: float | None = None) -> list[tuple[Tensor, Tensor]]:
     """Filter, NMS (one batched call) and per-image top post_nms_topk of [N, K] candidates."""
     n, k_total = scores.shape
     clipped, finite, keep = _clip_and_mask(boxes, scores, image_sizes, min_box_size)
     if training and not bool(finite.all()):
         raise FloatingPointError(DIVERGED)
+    ranking = torch.sigmoid(scores) if rank_by == "sigmoid" else scores  # [N, K], in the logits' dtype
+    if score_thresh is not None:
+        keep = keep & (ranking >= score_thresh)  # torchvision keeps scores >= score_thresh
     level = torch.repeat_interleave(torch.arange(len(ks), device=boxes.device),
                                     torch.tensor(ks, device=boxes.device), output_size=k_total)  # [K]
     flat = keep.reshape(-1).nonzero().squeeze(1)  # [M] survivors, in (image, level, rank) order
@@ -97,11 +131,14 @@ def _select(boxes: Tensor, scores: Tensor, ks: list[int], image_sizes, nms_thres
     groups = image * len(ks) + level[flat - image * k_total]  # image * L + level
     cand_boxes = clipped.reshape(-1, 4)[flat]
     cand_scores = scores.reshape(-1)[flat]
-    kept = batched_nms(cand_boxes, cand_scores, groups, nms_thresh)  # descending score, all images
-    # regroup by image, keeping the score order inside each image (a stable sort by image id)
+    cand_rank = ranking.reshape(-1)[flat] if rank_by == "sigmoid" else cand_scores
+    kept = batched_nms(cand_boxes, cand_rank, groups, nms_thresh)  # descending rank, ties by index, all images
+    # regroup by image, keeping the rank order inside each image (a stable sort by image id)
     kept = kept[torch.sort(image[kept], stable=True).indices]
     kept_image = image[kept]
     counts = torch.bincount(kept_image, minlength=n)
+    if rank_by == "sigmoid":
+        kept = _torchvision_merge(kept, counts, image, cand_rank, n)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(kept.numel(), device=kept.device) - starts[kept_image]
     kept = kept[rank < post_nms_topk]
@@ -114,26 +151,31 @@ def _select(boxes: Tensor, scores: Tensor, ks: list[int], image_sizes, nms_thres
 def select_proposals(proposals: Sequence[Tensor], logits: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
                      nms_thresh: float = _RPN.nms_thresh, pre_nms_topk: int = _RPN.pre_nms_topk_test,
                      post_nms_topk: int = _RPN.post_nms_topk_test, min_box_size: float = _RPN.min_box_size,
-                     training: bool = False) -> list[tuple[Tensor, Tensor]]:
+                     training: bool = False, *, rank_by: str = _RPN.rank_by,
+                     score_thresh: float | None = _RPN.score_thresh) -> list[tuple[Tensor, Tensor]]:
     """proposals L x [N, P_i, 4], logits L x [N, P_i] -> N x (boxes [K, 4], raw logits [K]), K <= T."""
     num_images = v.check_select_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
+    _check_rank(rank_by)
     if num_images == 0:
         return []
     scores, indices, ks = _topk_per_level(logits, pre_nms_topk)
     boxes = _gather_rows(proposals, indices)
-    return _select(boxes, scores, ks, image_sizes, nms_thresh, post_nms_topk, min_box_size, training)
+    return _select(boxes, scores, ks, image_sizes, nms_thresh, post_nms_topk, min_box_size, training, rank_by,
+                   score_thresh)
 
 
 def decode_and_select(anchors: Sequence[Tensor], deltas: Sequence[Tensor], logits: Sequence[Tensor],
                       image_sizes: Sequence[tuple[int, int]], *, weights: Sequence[float] = _RPN.box_coder.weights,
                       scale_clamp: float = SCALE_CLAMP, nms_thresh: float = _RPN.nms_thresh,
                       pre_nms_topk: int = _RPN.pre_nms_topk_test, post_nms_topk: int = _RPN.post_nms_topk_test,
-                      min_box_size: float = _RPN.min_box_size, training: bool = False) -> list[tuple[Tensor, Tensor]]:
+                      min_box_size: float = _RPN.min_box_size, training: bool = False, rank_by: str = _RPN.rank_by,
+                      score_thresh: float | None = _RPN.score_thresh) -> list[tuple[Tensor, Tensor]]:
     """select_proposals(decode(deltas, anchors), logits, ...) decoding only the top-k winners.
 
     anchors L x [P_i, 4]; deltas L x [N, P_i, 4]; logits L x [N, P_i].
     """
     num_images = v.check_select_args(deltas, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
+    _check_rank(rank_by)
     if len(anchors) != len(deltas):
         raise ValueError(f"anchors has {len(anchors)} levels but deltas has {len(deltas)}")
     if num_images == 0:
@@ -143,7 +185,7 @@ def decode_and_select(anchors: Sequence[Tensor], deltas: Sequence[Tensor], logit
     cand_anchors = torch.cat([a[idx] for a, idx in zip(anchors, indices)], dim=1)  # [N, K, 4]
     boxes = decode_boxes(cand_deltas.reshape(-1, 4), cand_anchors.reshape(-1, 4), weights, scale_clamp)
     return _select(boxes.reshape(num_images, -1, 4), scores, ks, image_sizes, nms_thresh, post_nms_topk,
-                   min_box_size, training)
+                   min_box_size, training, rank_by, score_thresh)
 
 
 def select_proposals_static(proposals: Sequence[Tensor], logits: Sequence[Tensor],

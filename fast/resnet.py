@@ -1,7 +1,8 @@
 """ResNet-50 body, fast: channels-last convs, FrozenBN folded into the convs at inference, in-place ReLU.
 
-Same contract, constructor and state_dict keys as reference/resnet.py (d2-spec §2.1, §5.1): ``stem.conv1.weight``,
-``stem.conv1.norm.*``, ``res{2..5}.{i}.{conv1,conv2,conv3,shortcut}.weight`` and ``.norm.*``.
+Same contract as reference/resnet.py; the modules, constructor and state_dict keys are layout/resnet.py's
+(d2-spec §2.1, §5.1): ``stem.conv1.weight``, ``stem.conv1.norm.*``, ``res{2..5}.{i}.{conv1,conv2,conv3,shortcut}
+.weight`` and ``.norm.*``.
 
 Differences from the reference (none changes the result beyond float rounding):
 
@@ -17,6 +18,7 @@ Differences from the reference (none changes the result beyond float rounding):
   so gradients still reach the conv weights.
 - Training mode: conv, then FrozenBN as a separate (still frozen) affine, so gradients flow as in the reference.
 - ReLU and the residual add run in place on freshly computed conv outputs.
+- Stages after the last one named in cfg.out_features are not run.
 
 Shape legend: N images, C channels, H, W the input size.
 """
@@ -25,16 +27,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fast.batch_norm import FrozenBatchNorm2d
-from spec import validate as v
-from spec.config import BASE_RCNN_FPN, ResNetConfig
+from layout import resnet as layout
 
-STEM_KERNEL, STEM_STRIDE, STEM_PADDING = BASE_RCNN_FPN.resnet.stem_conv  # RESNET.STEM: 7x7/2, padding 3
-POOL_KERNEL, POOL_STRIDE, POOL_PADDING = BASE_RCNN_FPN.resnet.stem_pool  # RESNET.STEM: 3x3/2 max-pool, pad 1
-FIRST_STAGE = 2  # res2, res3, ...
-DOWNSAMPLE = BASE_RCNN_FPN.resnet.stage_downsample  # the first block of res3, res4, res5 halves the size
 _CL = torch.channels_last
 
 
@@ -42,13 +39,11 @@ def _channels_last(t: Tensor) -> Tensor:
     return t if t.is_contiguous(memory_format=_CL) else t.contiguous(memory_format=_CL)
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(layout.Conv2d):
     """Bias-free conv + FrozenBN held as ``.norm``; ``forward(x, relu=False)`` optionally applies ReLU in place."""
 
-    def __init__(self, *args, norm: FrozenBatchNorm2d | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.norm = norm
-        self._folded: tuple[tuple, Tensor, Tensor] | None = None  # (key, weight, bias); not in the state_dict
+    norm_type = FrozenBatchNorm2d
+    _folded: tuple[tuple, Tensor, Tensor] | None = None  # (key, weight, bias); not in the state_dict
 
     def _sources(self) -> tuple[Tensor, ...]:
         n = self.norm
@@ -87,10 +82,7 @@ class Conv2d(nn.Conv2d):
         return state
 
     def forward(self, x: Tensor, relu: bool = False) -> Tensor:
-        if self.norm is None:
-            y = F.conv2d(x, _channels_last(self.weight), self.bias, self.stride, self.padding, self.dilation,
-                         self.groups)
-        elif self.training:
+        if self.training:
             y = F.conv2d(x, _channels_last(self.weight), None, self.stride, self.padding, self.dilation,
                          self.groups)
             y = self.norm(y)
@@ -100,39 +92,20 @@ class Conv2d(nn.Conv2d):
         return torch.relu_(y) if relu else y  # y is a fresh tensor that nothing saved: safe in place
 
 
-def _conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int, eps: float, padding: int = 0,
-               dilation: int = 1, groups: int = 1) -> Conv2d:
-    conv = Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                  bias=False, norm=FrozenBatchNorm2d(out_ch, eps=eps))
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # c2_msra_fill
-    return conv
-
-
-class BasicStem(nn.Module):
+class BasicStem(layout.BasicStem):
     """[N, C_in, H, W] -> [N, stem_out, ~H/4, ~W/4]."""
 
-    def __init__(self, in_channels: int, out_channels: int, eps: float):
-        super().__init__()
-        self.conv1 = _conv_norm(in_channels, out_channels, STEM_KERNEL, STEM_STRIDE, eps, padding=STEM_PADDING)
+    conv_type = Conv2d
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(_channels_last(x), relu=True)
-        return F.max_pool2d(x, kernel_size=POOL_KERNEL, stride=POOL_STRIDE, padding=POOL_PADDING)
+        return F.max_pool2d(x, kernel_size=self.pool_kernel, stride=self.pool_stride, padding=self.pool_padding)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(layout.BottleneckBlock):
     """[N, in, H, W] -> [N, out, H/stride, W/stride]."""
 
-    def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, stride: int,
-                 stride_in_1x1: bool, num_groups: int, dilation: int, eps: float):
-        super().__init__()
-        self.shortcut = _conv_norm(in_channels, out_channels, 1, stride, eps) if in_channels != out_channels \
-            else None
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = _conv_norm(in_channels, bottleneck_channels, 1, stride_1x1, eps)
-        self.conv2 = _conv_norm(bottleneck_channels, bottleneck_channels, 3, stride_3x3, eps, padding=dilation,
-                                dilation=dilation, groups=num_groups)
-        self.conv3 = _conv_norm(bottleneck_channels, out_channels, 1, 1, eps)
+    conv_type = Conv2d
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv1(x, relu=True)
@@ -142,48 +115,15 @@ class BottleneckBlock(nn.Module):
         return out.relu_()
 
 
-class ResNet(nn.Module):
+class ResNet(layout.ResNet):
     """ResNet body: [N, C_in, H, W] -> {"res2": ..., "res5": ...}, channels-last outputs."""
 
-    def __init__(self, cfg: ResNetConfig = BASE_RCNN_FPN.resnet,
-                 in_channels: int = len(BASE_RCNN_FPN.input.pixel_mean)):
-        super().__init__()
-        v.check_resnet_config(cfg)
-        self.cfg = cfg
-        self.in_channels = in_channels
-        eps = cfg.frozen_bn_eps
-        self.stem = BasicStem(in_channels, cfg.stem_out_channels, eps)
-        stride = STEM_STRIDE * POOL_STRIDE
-        channels = cfg.stem_out_channels
-        self.stage_names: list[str] = []
-        self.out_feature_strides: dict[str, int] = {}
-        self.out_feature_channels: dict[str, int] = {}
-        last = len(cfg.blocks_per_stage) - 1
-        for i, num_blocks in enumerate(cfg.blocks_per_stage):
-            name = f"res{FIRST_STAGE + i}"
-            dilation = cfg.res5_dilation if i == last else 1
-            first_stride = 1 if i == 0 or dilation > 1 else DOWNSAMPLE
-            bottleneck = cfg.num_groups * cfg.width_per_group * 2**i
-            out_channels = cfg.res2_out_channels * 2**i
-            blocks = [BottleneckBlock(channels if b == 0 else out_channels, bottleneck, out_channels,
-                                      first_stride if b == 0 else 1, cfg.stride_in_1x1, cfg.num_groups,
-                                      dilation, eps) for b in range(num_blocks)]
-            channels = out_channels
-            self.add_module(name, nn.Sequential(*blocks))
-            stride *= first_stride
-            self.stage_names.append(name)
-            self.out_feature_strides[name] = stride
-            self.out_feature_channels[name] = out_channels
-        unknown = [f for f in cfg.out_features if f not in self.stage_names]
-        if unknown:
-            raise ValueError(f"cfg.out_features names unknown stages {unknown}; stages are {self.stage_names}")
-        self._last_needed = max(self.stage_names.index(f) for f in cfg.out_features)
-        self.to(memory_format=_CL)
-        if cfg.freeze_at >= 1:
-            self.stem.requires_grad_(False)
-        for i, name in enumerate(self.stage_names):
-            if FIRST_STAGE + i <= cfg.freeze_at:
-                getattr(self, name).requires_grad_(False)
+    stem_type = BasicStem
+    block_type = BottleneckBlock
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to(memory_format=_CL)  # conv weights channels-last once, not on every training step
 
     def clear_folded(self) -> None:
         """Drop every cached folded conv (needed only after writes through ``.data``)."""
@@ -192,18 +132,13 @@ class ResNet(nn.Module):
                 m.clear_folded()
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        self.check_input(x)
+        out_features = self.cfg.out_features
+        last_needed = max(self.stage_names.index(f) for f in out_features)
         outputs: dict[str, Tensor] = {}
         x = self.stem(x)
-        for name in self.stage_names[:self._last_needed + 1]:  # stages after the last output are skipped
+        for name in self.stage_names[:last_needed + 1]:  # stages after the last output are skipped
             for block in getattr(self, name):
                 x = block(x)
             outputs[name] = x
-        return {name: outputs[name] for name in self.cfg.out_features}
-
-
+        return {name: outputs[name] for name in out_features}

@@ -209,5 +209,6 @@ class RPN(nn.Module):
             proposals = decode_and_select(
                 anchors, [d.detach() for d in deltas], [x.detach() for x in logits], image_sizes,
                 weights=cfg.box_coder.weights, scale_clamp=cfg.box_coder.scale_clamp, nms_thresh=cfg.nms_thresh,
-                pre_nms_topk=pre, post_nms_topk=post, min_box_size=cfg.min_box_size, training=self.training)
+                pre_nms_topk=pre, post_nms_topk=post, min_box_size=cfg.min_box_size, training=self.training,
+                rank_by=cfg.rank_by, score_thresh=cfg.score_thresh)
         return proposals, losses

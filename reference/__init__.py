@@ -1,9 +1,11 @@
 """detspec's reference implementation: plain, readable, one spec concept per file.
 
 It reads like the spec (clause IDs in comments, shape legends in docstrings) and favours clarity over speed;
-run it in float64 to use it as an oracle. It never imports ``fast``.
+run it in float64 to use it as an oracle. It never imports ``fast``; the constructors of its parameter-bearing
+modules (and the Faster R-CNN meta-architecture) are the shared skeletons in ``layout``.
 """
 
+from layout.lazy import lazy_attributes
 from reference.anchors import cell_anchors, grid_anchors
 from reference.boxes import box_area, clip_boxes, decode_boxes, encode_boxes, nonempty, pairwise_iou
 from reference.matcher import iou_match, match
@@ -48,16 +50,4 @@ _LAZY = {
     "ROIHeads": "reference.roi_heads",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

@@ -1,10 +1,9 @@
-"""Feature Pyramid Network on res2..res5, with LastLevelMaxPool for P6.
+"""Feature Pyramid Network on res2..res5, with LastLevelMaxPool for P6: the forward pass.
 
 Spec: d2-spec §1.2, §2.2, §3; detectron2 modeling/backbone/fpn.py.
 
-For each input level l = 2..5 (l = log2 of its stride):
-  lateral_l: 1x1 conv C_l -> 256 with bias, named ``fpn_lateral{l}``          # FPN.CONVS
-  output_l:  3x3 conv 256 -> 256, padding 1, with bias, named ``fpn_output{l}``
+The convs ``fpn_lateral{l}`` / ``fpn_output{l}`` (l = 2..5), their initialisation and the config checks are
+layout/fpn.py's, built from the FPNConfig passed in. The forward pass, every number from that cfg:
 Top-down pass over the pre-output sums t (not the outputs P):                   # FPN.TOP_DOWN
   t5 = lateral5(C5)
   t_l = lateral_l(C_l) + nearest_upsample_x2(t_{l+1})   for l = 4, 3, 2   (fuse "avg" halves the sum)
@@ -20,48 +19,23 @@ Shape legend: N images, C_l the channels of input level l, Hl, Wl its size (H2 =
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from spec import validate as v
-from spec.config import BASE_RCNN_FPN, FPNConfig
-
-_RESNET = BASE_RCNN_FPN.resnet
-# res2..res5 output channels of the spec's ResNet: 256, 512, 1024, 2048
-DEFAULT_IN_CHANNELS = tuple(_RESNET.res2_out_channels * 2**i for i in range(len(_RESNET.blocks_per_stage)))
-UPSAMPLE = BASE_RCNN_FPN.fpn.upsample  # nearest x2 between neighbouring levels
-OUTPUT_KERNEL, OUTPUT_PADDING = 3, 1  # fpn_output: 3x3 conv, padding 1
-P6_KERNEL, P6_STRIDE = 1, 2  # LastLevelMaxPool: max-pool kernel 1, stride 2, padding 0
+from layout import fpn as layout
 
 
-class FPN(nn.Module):
-    """{"res2": [N, C2, H2, W2], ..., "res5": [N, C5, H5, W5]} -> {"p2": [N, 256, H2, W2], ..., "p6": ...}."""
+class FPN(layout.FPN):
+    """{"res2": [N, C2, H2, W2], ..., "res5": [N, C5, H5, W5]} -> {"p2": [N, 256, H2, W2], ..., "p6": ...}.
 
-    def __init__(self, in_channels: Sequence[int] = DEFAULT_IN_CHANNELS, cfg: FPNConfig = BASE_RCNN_FPN.fpn):
-        super().__init__()
-        v.check_fpn_config(cfg, in_channels, UPSAMPLE)
-        self.cfg = cfg
-        self.in_features = tuple(cfg.in_features)
-        self.in_channels = tuple(int(c) for c in in_channels)
-        self.out_channels = cfg.out_channels
-        self.levels = [int(round(math.log2(s))) for s in cfg.strides[:len(self.in_features)]]  # [2, 3, 4, 5]
-        for level, channels in zip(self.levels, self.in_channels):
-            lateral = nn.Conv2d(channels, cfg.out_channels, kernel_size=1, bias=True)
-            output = nn.Conv2d(cfg.out_channels, cfg.out_channels, kernel_size=OUTPUT_KERNEL,
-                               padding=OUTPUT_PADDING, bias=True)
-            for conv in (lateral, output):  # detectron2's c2_xavier_fill
-                nn.init.kaiming_uniform_(conv.weight, a=1)
-                nn.init.zeros_(conv.bias)
-            self.add_module(f"fpn_lateral{level}", lateral)
-            self.add_module(f"fpn_output{level}", output)
-        self.out_feature_strides = dict(zip(cfg.out_features, cfg.strides))
+    FPN(in_channels=(256, 512, 1024, 2048), cfg=BASE_RCNN_FPN.fpn).
+    """
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        v.check_fpn_features(features, self.in_features, self.in_channels, UPSAMPLE,
-                             BASE_RCNN_FPN.input.size_divisibility)
+        self.check_input(features)
+        cfg = self.cfg
         inputs = [features[name] for name in self.in_features]  # finest (res2) to coarsest (res5)
         outputs: list[Tensor] = []
         top_down: Tensor | None = None
@@ -70,13 +44,12 @@ class FPN(nn.Module):
             if top_down is None:
                 top_down = lateral  # t5 = lateral5(C5)
             else:
-                upsampled = F.interpolate(top_down, scale_factor=float(UPSAMPLE), mode="nearest")
+                upsampled = F.interpolate(top_down, scale_factor=float(cfg.upsample), mode=cfg.upsample_mode)
                 top_down = lateral + upsampled  # t_l = lateral_l(C_l) + up(t_{l+1}), the pre-output sum
-                if self.cfg.fuse_type == "avg":
+                if cfg.fuse_type == "avg":
                     top_down = top_down / 2
             outputs.insert(0, getattr(self, f"fpn_output{level}")(top_down))  # P_l = output_l(t_l)
-        p6 = F.max_pool2d(outputs[-1], kernel_size=P6_KERNEL, stride=P6_STRIDE, padding=0)  # from P5, not C5
+        kernel, stride, padding = cfg.top_block_pool
+        p6 = F.max_pool2d(outputs[-1], kernel_size=kernel, stride=stride, padding=padding)  # from P5, not C5
         outputs.append(p6)
-        return dict(zip(self.cfg.out_features, outputs))
-
-
+        return dict(zip(cfg.out_features, outputs))

@@ -21,9 +21,6 @@ from spec.config import BASE_RCNN_FPN
 
 _ROI = BASE_RCNN_FPN.roi_heads
 _BOX = BASE_RCNN_FPN.box_head
-_FPN = BASE_RCNN_FPN.fpn
-# the strides of the pooled maps, read from the FPN's output names: p2..p5 -> (4, 8, 16, 32)    # ROI.LEVELS
-POOLED_STRIDES: tuple[int, ...] = tuple(_FPN.strides[_FPN.out_features.index(name)] for name in _ROI.in_features)
 
 
 def assign_levels(boxes: Tensor, min_level: int = _ROI.min_level, max_level: int = _ROI.max_level,
@@ -55,7 +52,8 @@ def assign_levels(boxes: Tensor, min_level: int = _ROI.min_level, max_level: int
 
 
 def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, output_size: int = _BOX.pooler_resolution,
-                         strides: Sequence[int] = POOLED_STRIDES, sampling_ratio: int = _BOX.pooler_sampling_ratio,
+                         strides: Sequence[int] = BASE_RCNN_FPN.pooled_strides,
+                         sampling_ratio: int = _BOX.pooler_sampling_ratio,
                          aligned: bool = _BOX.aligned, canonical_box_size: float = _ROI.canonical_box_size,
                          canonical_level: int = _ROI.canonical_level, eps: float = _ROI.level_eps,
                          eps_in_log: bool = _ROI.level_eps_in_log) -> Tensor:

@@ -1,5 +1,8 @@
 """The ROI heads (box branch): training sampling, box head, predictor, losses, inference and the module.
 
+The layers, their initialisation, the module's constructor, config checks and forward control flow are
+layout/roi_heads.py's; this file writes the functions and the forward passes.
+
 Spec: d2-spec §1.5, §2.10, §2.12, §2.13; detectron2 modeling/roi_heads/roi_heads.py (StandardROIHeads,
 label_and_sample_proposals), box_head.py (FastRCNNConvFCHead), fast_rcnn.py (FastRCNNOutputLayers,
 fast_rcnn_inference), modeling/postprocessing.py (detector_postprocess).
@@ -11,25 +14,25 @@ D detections of one image; r the pooler resolution (7); C channels (256). Boxes 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from layout import roi_heads as layout
 from reference.boxes import clip_boxes, decode_boxes, encode_boxes, nonempty
 from reference.matcher import iou_match
 from reference.nms import batched_nms
-from reference.poolers import POOLED_STRIDES, multilevel_roi_align
+from reference.poolers import multilevel_roi_align
 from reference.rpn import smooth_l1
 from reference.sampling import subsample_labels
 from spec import validate as v
-from spec.config import BASE_RCNN_FPN, BoxHeadConfig, InferenceConfig, ROIHeadsConfig
+from spec.config import BASE_RCNN_FPN
 
 _ROI = BASE_RCNN_FPN.roi_heads
 _BOX = BASE_RCNN_FPN.box_head
 _INF = BASE_RCNN_FPN.inference
-_CHANNELS = BASE_RCNN_FPN.fpn.out_channels
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -79,65 +82,32 @@ def sample_rois(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor], gt_clas
 
 
 # ------------------------------------------------------------------------------------------------ head
-class BoxHead(nn.Module):
+class BoxHead(layout.BoxHead):
     """FastRCNNConvFCHead with no convs: flatten, then num_fc x (Linear + ReLU).            # ROI.BOX_HEAD
 
     [R, C, r, r] is flattened channel-major (C, y, x) to C * r * r = 12544, then
-    fc1 12544 -> 1024 + ReLU, fc2 1024 -> 1024 + ReLU (children fc1, fc2, ...).
-    Init c2_xavier_fill: kaiming_uniform_(a=1) weights, zero biases.
+    fc1 12544 -> 1024 + ReLU, fc2 1024 -> 1024 + ReLU. Layers and init: layout/roi_heads.py.
     """
-
-    def __init__(self, in_channels: int = _CHANNELS, resolution: int = _BOX.pooler_resolution,
-                 fc_dim: int = _BOX.fc_dim, num_fc: int = _BOX.num_fc):
-        super().__init__()
-        if min(in_channels, resolution, fc_dim, num_fc) <= 0:
-            raise ValueError(f"in_channels, resolution, fc_dim and num_fc must be positive, got {in_channels}, "
-                             f"{resolution}, {fc_dim} and {num_fc}")
-        self.in_channels, self.resolution, self.fc_dim, self.num_fc = in_channels, resolution, fc_dim, num_fc
-        previous = in_channels * resolution * resolution
-        for k in range(num_fc):
-            fc = nn.Linear(previous, fc_dim)
-            nn.init.kaiming_uniform_(fc.weight, a=1)  # c2_xavier_fill
-            nn.init.constant_(fc.bias, 0.0)
-            self.add_module(f"fc{k + 1}", fc)
-            previous = fc_dim
 
     def forward(self, x: Tensor) -> Tensor:
         """x [R, C, r, r] -> [R, fc_dim]."""
-        v.check_shape(x, "x", (None, self.in_channels, self.resolution, self.resolution), floating=True)
+        self.check_input(x)
         x = x.flatten(1)  # channel-major: index c * r * r + y * r + x
         for k in range(self.num_fc):
             x = F.relu(getattr(self, f"fc{k + 1}")(x))
         return x
 
 
-class BoxPredictor(nn.Module):
+class BoxPredictor(layout.BoxPredictor):
     """FastRCNNOutputLayers' two linear layers.                                              # ROI.PREDICTOR
 
-    cls_score  in -> K + 1 logits (column K is background), init normal std 0.01, bias 0
-    bbox_pred  in -> 4K class-specific deltas (column 4c + j), init normal std 0.001, bias 0
-    With 1024 inputs and K = 80: 83,025 + 328,000 parameters.                                 # ROI.HEAD_PARAMS
+    cls_score  in -> K + 1 logits (column K is background)
+    bbox_pred  in -> 4K class-specific deltas (column 4c + j)
     """
-
-    def __init__(self, in_features: int = _BOX.fc_dim, num_classes: int = _ROI.num_classes):
-        super().__init__()
-        if in_features <= 0 or num_classes <= 0:
-            raise ValueError(f"in_features and num_classes must be positive, got {in_features} and {num_classes}")
-        self.in_features, self.num_classes = in_features, num_classes
-        self.cls_score = nn.Linear(in_features, num_classes + 1)
-        self.bbox_pred = nn.Linear(in_features, 4 * num_classes)
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        nn.init.constant_(self.cls_score.bias, 0.0)
-        nn.init.constant_(self.bbox_pred.bias, 0.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [R, in_features] (or [R, ...], flattened) -> (logits [R, K+1], deltas [R, 4K])."""
-        x = v.check_float(x, "x")
-        if x.dim() > 2:
-            x = x.flatten(1)
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"x must have shape [R, {self.in_features}], got {list(x.shape)}")
+        x = self.check_input(x)
         return self.cls_score(x), self.bbox_pred(x)
 
 
@@ -246,102 +216,25 @@ def detector_postprocess(boxes: Tensor, input_size: tuple[int, int],
 
 
 # ------------------------------------------------------------------------------------------------ module
-class ROIHeads(nn.Module):
+class ROIHeads(layout.ROIHeads):
     """StandardROIHeads' box branch: pooler, box head, predictor; losses in training, detections at test.
 
-    Children ``box_head`` (BoxHead) and ``box_predictor`` (BoxPredictor): state_dict keys box_head.fc1.weight,
-    ..., box_predictor.cls_score.weight, box_predictor.bbox_pred.bias.
-    forward(features, proposals, image_sizes, gt_boxes=None, gt_classes=None, generator=None):
-      features: L maps [N, C, Hi, Wi] (P2..P5), or a mapping read in cfg.in_features order (p6 ignored);
-      proposals: per image [P, 4] or (boxes [P, 4], logits [P]) as the RPN returns (no gradient flows in);
-      image_sizes: N unpadded (h, w); gt_boxes / gt_classes: per image [G, 4] / int64 [G], training only.
-    training -> ([], {"loss_cls", "loss_box_reg" * bbox_reg_loss_weight}), on sample_rois' rows;
-    eval -> (per image (boxes [D, 4], scores [D], classes [D], roi_index [D]) at the input size, {}):
-      softmax scores, decode_boxes(deltas, proposals, weights, scale_clamp), then fast_rcnn_inference.
+    Constructor, children (box_head.fc1.weight, ..., box_predictor.bbox_pred.bias) and forward's control flow
+    are layout/roi_heads.py's: in training sample_rois, pool, head and predictor, roi_losses; at test pool, head
+    and predictor, then ``_inference``: softmax scores, decode_boxes(deltas, proposals, weights, scale_clamp) and
+    fast_rcnn_inference, image by image.
     """
 
-    def __init__(self, cfg: ROIHeadsConfig = _ROI, box_cfg: BoxHeadConfig = _BOX,
-                 inference_cfg: InferenceConfig = _INF, in_channels: int = _CHANNELS,
-                 strides: Sequence[int] = POOLED_STRIDES):
-        super().__init__()
-        if cfg.background_label != "last":
-            raise ValueError(f"detspec's layout puts background last; got cfg.background_label "
-                             f"{cfg.background_label!r}")
-        if box_cfg.num_conv != 0 or box_cfg.cls_agnostic_bbox_reg:
-            raise ValueError("only num_conv = 0 and class-specific box regression are implemented")
-        if len(cfg.iou_thresholds) != 1:
-            raise ValueError(f"cfg.iou_thresholds must hold one threshold, got {cfg.iou_thresholds}")
-        if len(strides) != len(cfg.in_features):
-            raise ValueError(f"strides must have one entry per cfg.in_features {list(cfg.in_features)}, "
-                             f"got {list(strides)}")
-        self.cfg, self.box_cfg, self.inference_cfg = cfg, box_cfg, inference_cfg
-        self.strides = tuple(int(s) for s in strides)
-        self.box_head = BoxHead(in_channels, box_cfg.pooler_resolution, box_cfg.fc_dim, box_cfg.num_fc)
-        self.box_predictor = BoxPredictor(box_cfg.fc_dim, cfg.num_classes)
+    box_head_type, box_predictor_type = BoxHead, BoxPredictor
+    sample_rois, roi_losses = staticmethod(sample_rois), staticmethod(roi_losses)
+    pooler = staticmethod(multilevel_roi_align)
 
-    def forward(self, features: Sequence[Tensor] | Mapping[str, Tensor],
-                proposals: Sequence[Tensor | tuple[Tensor, Tensor]], image_sizes: Sequence[tuple[int, int]],
-                gt_boxes: Sequence[Tensor] | None = None, gt_classes: Sequence[Tensor] | None = None,
-                generator: torch.Generator | None = None) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]],
-                                                                  dict[str, Tensor]]:
-        cfg, box_cfg = self.cfg, self.box_cfg
-        if isinstance(features, Mapping):
-            missing = [name for name in cfg.in_features if name not in features]
-            if missing:
-                raise ValueError(f"features is missing {missing}; expected {list(cfg.in_features)}")
-            features = [features[name] for name in cfg.in_features]
-        maps = v.check_level_features(features, self.strides)
-        n = maps[0].shape[0]
-        boxes = _proposal_boxes(proposals, n)
-        if len(image_sizes) != n:
-            raise ValueError(f"image_sizes has {len(image_sizes)} entries for {n} images")
-
-        if self.training:
-            if gt_boxes is None or gt_classes is None:
-                raise ValueError("gt_boxes and gt_classes are required in training mode (one per image)")
-            with torch.no_grad():
-                sampled = sample_rois(boxes, gt_boxes, gt_classes, cfg.num_classes, cfg.batch_size_per_image,
-                                      cfg.positive_fraction, cfg.iou_thresholds[0], cfg.proposal_append_gt,
-                                      generator)
-            boxes = [s[0] for s in sampled]
-        logits, deltas = self._predict(maps, boxes)  # [R, K+1], [R, 4K]
-
-        if self.training:
-            raw = roi_losses(logits, deltas, torch.cat([s[0] for s in sampled]).to(logits.dtype),
-                             torch.cat([s[1] for s in sampled]), torch.cat([s[2] for s in sampled]).to(logits.dtype),
-                             box_cfg.box_coder.weights, box_cfg.smooth_l1_beta)
-            return [], {"loss_cls": raw["loss_cls"],
-                        "loss_box_reg": raw["loss_box_reg"] * box_cfg.bbox_reg_loss_weight}
-
+    def _inference(self, logits: Tensor, deltas: Tensor, boxes: list[Tensor], all_boxes: Tensor,
+                   image_sizes: Sequence[tuple[int, int]]) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        box_cfg, inf = self.box_cfg, self.inference_cfg
         counts = [b.shape[0] for b in boxes]
         probs = F.softmax(logits, dim=-1).split(counts)
         decoded = [decode_boxes(d, b.to(d.dtype), box_cfg.box_coder.weights, box_cfg.box_coder.scale_clamp)
                    for d, b in zip(deltas.split(counts), boxes)]
-        inf = self.inference_cfg
-        detections = fast_rcnn_inference(decoded, list(probs), image_sizes, inf.score_thresh, inf.nms_thresh,
-                                         inf.detections_per_image, inf.min_box_size, inf.drop_nonfinite)
-        return detections, {}
-
-    def _predict(self, maps: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Pool every image's boxes (rows in image order) and run the head and predictor."""
-        cfg, box_cfg = self.cfg, self.box_cfg
-        dtype, device = maps[0].dtype, maps[0].device
-        rois = torch.cat([torch.cat([torch.full((b.shape[0], 1), float(i), dtype=dtype, device=device),
-                                     b.to(dtype)], dim=1) for i, b in enumerate(boxes)])  # [R, 5]
-        pooled = multilevel_roi_align(maps, rois, box_cfg.pooler_resolution, self.strides,
-                                      box_cfg.pooler_sampling_ratio, box_cfg.aligned, cfg.canonical_box_size,
-                                      cfg.canonical_level, cfg.level_eps, cfg.level_eps_in_log)  # [R, C, r, r]
-        return self.box_predictor(self.box_head(pooled))
-
-
-def _proposal_boxes(proposals: object, num_images: int) -> list[Tensor]:
-    """Per image [P, 4] boxes (detached) from [P, 4] tensors or (boxes, logits) pairs."""
-    if isinstance(proposals, Tensor) or not isinstance(proposals, Sequence) or len(proposals) != num_images:
-        count = len(proposals) if isinstance(proposals, Sequence) else type(proposals).__name__
-        raise ValueError(f"proposals must be a list with one [P, 4] tensor or (boxes, logits) pair per image "
-                         f"({num_images}), got {count}")
-    out = []
-    for i, p in enumerate(proposals):
-        b = p[0] if isinstance(p, (tuple, list)) else p
-        out.append(v.check_boxes(b, f"proposals[{i}]").detach())
-    return out
+        return fast_rcnn_inference(decoded, list(probs), image_sizes, inf.score_thresh, inf.nms_thresh,
+                                   inf.detections_per_image, inf.min_box_size, inf.drop_nonfinite)

@@ -1,6 +1,6 @@
 """The Region Proposal Network: the shared head, training targets, the two losses, and the module.
 
-Spec: seed RPN parts 1-5; d2-spec §1.4, §2.3, §2.8; detectron2 modeling/proposal_generator/rpn.py
+Spec: seed RPN parts 1-4; d2-spec §1.4, §2.3, §2.8; detectron2 modeling/proposal_generator/rpn.py
 (StandardRPNHead, RPN.label_and_sample_anchors, RPN.losses, RPN.forward).
 
 Shape legend: N images; C channels; L levels (P2..P6); Hi, Wi the size of level i; A anchors per location (3);
@@ -264,5 +264,6 @@ class RPN(nn.Module):
                 pre, post = cfg.pre_nms_topk_test, cfg.post_nms_topk_test
             selected = select_proposals(proposals, [x.detach() for x in logits], image_sizes,
                                         nms_thresh=cfg.nms_thresh, pre_nms_topk=pre, post_nms_topk=post,
-                                        min_box_size=cfg.min_box_size, training=self.training)
+                                        min_box_size=cfg.min_box_size, training=self.training,
+                                        rank_by=cfg.rank_by, score_thresh=cfg.score_thresh)
         return selected, losses

@@ -4,7 +4,7 @@ Conformance tests carry ``@pytest.mark.clause("ID", ...)``; the report is the ta
 A clause that no test checks yet is reported as "untested", never silently dropped.
 
 IDs are ``AREA.NAME``. ``source`` cites the seed (``seed RPN part N``), the detectron2 note
-(``d2-spec §x``, i.e. ../shared/notes/detectron2-spec.md) or a detectron2 file. ``components`` names the
+(``d2-spec §x``, i.e. spec/text/detectron2.md) or a detectron2 file. ``components`` names the
 contract functions a port needs for the clause (see ``spec.contract``).
 """
 
@@ -213,7 +213,22 @@ register("PROPOSAL.ERRORS", "mismatched level lists, boxes without 4 coordinates
          "between levels or from the number of image sizes, and no levels at all raise ValueError",
          "DESIGN.md conventions", ("select_proposals",))
 register("PROPOSAL.POST_NMS_TOPK", "at most 1000 proposals per image are kept, sorted by logit, which is "
-         "returned raw", "seed RPN part 5; d2-spec §2.9", ("select_proposals",))
+         "returned raw", "seed RPN part 4; d2-spec §2.9", ("select_proposals",))
+register("PROPOSAL.TORCHVISION_RANKING", "with rank_by='sigmoid' (the torchvision profile) the per-level "
+         "top-k still takes raw logits, but the score_thresh filter (>=), NMS and the kept order use p = "
+         "sigmoid(logit) in the logit's dtype (float32: exactly 1.0 above a logit of ~16.6), and logits are "
+         "returned raw. Tied p are ordered as torchvision's CPU batched_nms orders them: each level's NMS visits "
+         "them in candidate order (level, top-k rank), so it keeps the same boxes as ranking by logit; an image "
+         "with at most 1000 candidates entering NMS lists the kept ones by p, ties in candidate order; with more, "
+         "the kept candidates taken in candidate order are sorted by p with torch.sort(descending=True, "
+         "stable=False) on CPU, whose tie order (libstdc++ std::sort, not stable) is the one torchvision gets; "
+         "then the first post_nms_topk are kept (detspec computes this CPU order on every device). Equal to "
+         "torchvision's on CPU for the same torch build and identical p; "
+         "unsaturated p from different float32 sigmoid kernels (memory layout, thread count) may differ by 1 ulp "
+         "and so tie differently; torchvision on CUDA sorts ties in another order, so there detspec agrees with "
+         "it only as a set, and only when the post-NMS cut does not fall among ties",
+         "tv:rpn.py filter_proposals; torchvision ops/boxes.py batched_nms; csrc/ops/cpu/nms_kernel.cpp",
+         ("select_proposals",))
 
 # ------------------------------------------------------------------------------------------------ ROI (issue 4)
 register("ROI.LEVELS", "ROIs are pooled from P2-P5 only; P6 is never pooled", "Base-RCNN-FPN.yaml ROI_HEADS",
@@ -281,8 +296,11 @@ register("RCNN.TRAIN_LOSSES", "training returns exactly loss_rpn_cls, loss_rpn_l
 register("RCNN.EVAL_OUTPUT", "eval returns per image boxes in original-image coordinates, scores and classes, "
          "at most 100, sorted by score", "d2-spec §2.13", ("FasterRCNN",))
 register("RCNN.TORCHVISION_EQUIVALENCE", "with converted torchvision weights in the torchvision profile, the "
-         "proposals and detections equal torchvision fasterrcnn_resnet50_fpn's (boxes 1e-3 relative, scores "
-         "1e-4, same classes)", "issue 5; torchvision models/detection", ("FasterRCNN",))
+         "proposals and detections equal torchvision fasterrcnn_resnet50_fpn's as matched sets: one-to-one, each "
+         "torchvision detection pairs with a detspec one of the same class, score within 1e-4 + 1e-4 relative and "
+         "box within 1e-2 px + 1e-3 relative (each proposal with a box within the same), in any order among "
+         "equal scores; also when the RPN's logits saturate (sigmoid exactly 1.0), given PROPOSAL."
+         "TORCHVISION_RANKING", "issue 5, issue 11; torchvision models/detection", ("FasterRCNN",))
 
 
 # ------------------------------------------------------------------------------------------------ MViT (issue 6)

@@ -6,7 +6,7 @@ Sources use these short forms:
 - ``defaults.py``            detectron2/config/defaults.py (yacs defaults)
 - ``Base-RCNN-FPN.yaml``     configs/Base-RCNN-FPN.yaml (overrides the defaults)
 - ``<file>.py``              a detectron2 source file (modeling/..., layers/..., structures/...)
-- ``seed §x``                ../shared/seed (the Korean notes the project comes from)
+- ``seed RPN part N``       spec/text/seed.md (the notes the project started from)
 - ``tv:<file>``              torchvision's models/detection/<file> (the torchvision profile only)
 
 Two profiles are config *instances*, not code forks:
@@ -69,6 +69,26 @@ class ResNetConfig:
     stage_downsample: int = cited(2, "backbone/resnet.py: the first block of res3..res5 has stride 2")
     out_features: tuple[str, ...] = cited(("res2", "res3", "res4", "res5"), "Base-RCNN-FPN.yaml RESNETS.OUT_FEATURES")
 
+    @property
+    def stem_stride(self) -> int:
+        """Output stride of the stem: conv stride x max-pool stride (2 x 2 = 4).  # RESNET.STEM"""
+        return self.stem_conv[1] * self.stem_pool[1]
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """res2, res3, ...: detectron2 names stage i res{i + 2} (FREEZE_AT counts the stem as 1, res2 as 2)."""
+        return tuple(f"res{i + 2}" for i in range(len(self.blocks_per_stage)))
+
+    @property
+    def stage_out_channels(self) -> dict[str, int]:
+        """Stage name -> output channels res2_out_channels * 2^i: res2 256, res3 512, res4 1024, res5 2048."""
+        return {name: self.res2_out_channels * 2**i for i, name in enumerate(self.stage_names)}
+
+    @property
+    def stage_bottleneck_channels(self) -> dict[str, int]:
+        """Stage name -> bottleneck width num_groups * width_per_group * 2^i: 64, 128, 256, 512."""
+        return {name: self.num_groups * self.width_per_group * 2**i for i, name in enumerate(self.stage_names)}
+
 
 @dataclass(frozen=True)
 class FPNConfig:
@@ -77,9 +97,19 @@ class FPNConfig:
     norm: str = cited("", "defaults.py FPN.NORM (no norm: convs have a bias)")
     fuse_type: str = cited("sum", "defaults.py FPN.FUSE_TYPE")
     upsample: int = cited(2, "backbone/fpn.py: nearest x2 between neighbouring levels")
+    upsample_mode: str = cited("nearest", "backbone/fpn.py: F.interpolate(scale_factor=2.0, mode='nearest')")
+    lateral_conv: tuple[int, int] = cited((1, 0), "backbone/fpn.py: lateral convs Conv2d(kernel_size=1), no padding")
+    output_conv: tuple[int, int] = cited((3, 1), "backbone/fpn.py: output convs Conv2d(kernel_size=3, padding=1)")
     top_block: str = cited("LastLevelMaxPool", "backbone/fpn.py: P6 = P5 subsampled, kernel 1 stride 2")
+    top_block_pool: tuple[int, int, int] = cited(
+        (1, 2, 0), "backbone/fpn.py LastLevelMaxPool: F.max_pool2d(kernel_size=1, stride=2, padding=0)")
     strides: tuple[int, ...] = cited((4, 8, 16, 32, 64), "backbone/fpn.py: p2..p6")
     out_features: tuple[str, ...] = cited(("p2", "p3", "p4", "p5", "p6"), "backbone/fpn.py")
+
+    @property
+    def input_divisibility(self) -> int:
+        """The coarsest input level's stride (32): input sizes divisible by it halve exactly level to level."""
+        return self.strides[len(self.in_features) - 1]
 
 
 # ---------------------------------------------------------------------------------------------- anchors
@@ -121,6 +151,13 @@ class BoxCoderConfig:
 
 
 # ---------------------------------------------------------------------------------------------- RPN
+# torchvision ops/boxes.py batched_nms on CPU: above 4000 box coordinates (more than 1000 boxes) it runs NMS per
+# group and orders the kept boxes with torch.sort(descending=True), which is NOT stable (libstdc++ std::sort);
+# up to 1000 boxes it runs one NMS (coordinate-offset trick), whose CPU kernel keeps tied scores in index order.
+# The torchvision profile's proposal ranking (rank_by="sigmoid") reproduces both branches.
+TV_BATCHED_NMS_LOOP_ABOVE = 1000
+
+
 @dataclass(frozen=True)
 class RPNConfig:
     in_features: tuple[str, ...] = cited(("p2", "p3", "p4", "p5", "p6"), "Base-RCNN-FPN.yaml RPN.IN_FEATURES")
@@ -145,6 +182,10 @@ class RPNConfig:
     nms_thresh: float = cited(0.7, "defaults.py RPN.NMS_THRESH")
     min_box_size: float = cited(0.0, "defaults.py PROPOSAL_GENERATOR.MIN_SIZE (keep w > 0 and h > 0)")
     score_thresh: float | None = cited(None, "detectron2 has no proposal score threshold")
+    # "logit": NMS and the kept order use the raw logit. "sigmoid": they use sigmoid(logit) in the logit's dtype,
+    # whose float32 values tie at exactly 1.0 above a logit of ~16.6; ties are ordered as torchvision orders
+    # them (clause PROPOSAL.TORCHVISION_RANKING; TV_BATCHED_NMS_LOOP_ABOVE).
+    rank_by: str = cited("logit", "proposal_utils.py find_top_rpn_proposals: batched_nms on the raw logits")
 
 
 # ---------------------------------------------------------------------------------------------- ROI heads
@@ -231,6 +272,25 @@ class FasterRCNNConfig:
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
+    @property
+    def fpn_in_channels(self) -> tuple[int, ...]:
+        """The ResNet channels of each FPN input (fpn.in_features): 256, 512, 1024, 2048."""
+        channels = self.resnet.stage_out_channels
+        unknown = [f for f in self.fpn.in_features if f not in channels]
+        if unknown:
+            raise ValueError(f"fpn.in_features names unknown ResNet stages {unknown}; stages are {list(channels)}")
+        return tuple(channels[f] for f in self.fpn.in_features)
+
+    @property
+    def pooled_strides(self) -> tuple[int, ...]:
+        """Strides of the maps the ROI heads pool (roi_heads.in_features among the FPN outputs): 4, 8, 16, 32.
+        # ROI.LEVELS"""
+        unknown = [f for f in self.roi_heads.in_features if f not in self.fpn.out_features]
+        if unknown:
+            raise ValueError(f"roi_heads.in_features names unknown FPN outputs {unknown}; outputs are "
+                             f"{list(self.fpn.out_features)}")
+        return tuple(self.fpn.strides[self.fpn.out_features.index(f)] for f in self.roi_heads.in_features)
+
 
 BASE_RCNN_FPN = FasterRCNNConfig(name="detectron2")
 DETECTRON2 = BASE_RCNN_FPN
@@ -257,6 +317,7 @@ TORCHVISION = FasterRCNNConfig(
         post_nms_topk_train=2000,  # tv:faster_rcnn.py rpn_post_nms_top_n_train=2000
         min_box_size=1e-3,  # tv:rpn.py filter_proposals remove_small_boxes(min_size=1e-3)
         score_thresh=0.0,  # tv:faster_rcnn.py rpn_score_thresh=0.0 (on sigmoid probabilities)
+        rank_by="sigmoid",  # tv:rpn.py filter_proposals: batched_nms on torch.sigmoid(objectness)
     ),
     roi_heads=replace(
         ROIHeadsConfig(),

@@ -2,109 +2,13 @@
 
     python benchmarks/report.py out/bench.json
 
-One table per group (and per workload, where a benchmark has a ``workload`` parameter). Times are medians
-over the rounds. The last column is the speed-up of ``fast`` over the row's implementation
-(row median / fast median; > 1 means fast is faster). "other CPU" is how many cores other
-processes kept busy while that benchmark ran (conftest.py); CPU timings with a large value are
-contended: rerun them. A summary line per table names the ratios the project
-tracks: fast vs torchvision, fast vs reference, fast vs reference-f64.
+The tables are detspec.bench.report's (installed with detspec, so that ``detspec bench`` needs no source checkout);
+this script is kept for the command line above (tox -e bench, BENCHMARKS.md).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from collections import defaultdict
-from typing import Any
 
-IMPL_ORDER = ("reference", "reference-f64", "fast", "torchvision")
-BASELINES = ("torchvision", "reference", "reference-f64")
-CONTENDED = 0.2  # cores used by other processes above which a row is flagged
-
-
-def _impl(bench: dict[str, Any]) -> str:
-    params = bench.get("params") or {}
-    return str(params.get("implementation") or bench["name"])
-
-
-def _table_key(bench: dict[str, Any]) -> str:
-    params = bench.get("params") or {}
-    group = bench.get("group") or bench["name"].split("[")[0]
-    return f"{group} / {params['workload']}" if "workload" in params else group
-
-
-def _order(name: str) -> tuple[int, str]:
-    return (IMPL_ORDER.index(name) if name in IMPL_ORDER else len(IMPL_ORDER), name)
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
-
-
-def machine_line(data: dict[str, Any]) -> str:
-    m = data.get("machine_info", {})
-    parts = [
-        f"device {m.get('bench_device', '?')}",
-        f"CPU {m.get('cpu_model', m.get('cpu', {}).get('brand_raw', '?'))} ({m.get('cpu_count', '?')} cores)",
-        f"torch {m.get('torch_version', '?')} ({m.get('torch_num_threads', '?')} threads)",
-        f"torchvision {m.get('torchvision_version', '?')}",
-    ]
-    if m.get("gpu_name"):
-        parts.append(f"GPU {m['gpu_name']}")
-    if m.get("load_average_1_5_15"):
-        parts.append(f"load average at start {m['load_average_1_5_15']}")
-    return "; ".join(parts)
-
-
-def render(data: dict[str, Any]) -> str:
-    tables: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for bench in data.get("benchmarks", []):
-        tables[_table_key(bench)][_impl(bench)] = bench
-    lines = [f"Machine: {machine_line(data)}", ""]
-    for key in sorted(tables):
-        rows = tables[key]
-        fast = rows.get("fast")
-        fast_median = fast["stats"]["median"] if fast else None
-        extra = next(iter(rows.values())).get("extra_info") or {}
-        sizes = ", ".join(f"{k}={v}" for k, v in extra.items() if k.startswith(("num_", "kept")))
-        lines.append(f"### {key}" + (f" ({sizes})" if sizes else ""))
-        lines.append("")
-        lines.append("| implementation | median (ms) | min (ms) | IQR (ms) | rounds | other CPU (cores) "
-                     "| fast speed-up (row / fast) |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
-        contended = False
-        for name in sorted(rows, key=_order):
-            s = rows[name]["stats"]
-            other = (rows[name].get("extra_info") or {}).get("other_cpu_cores")
-            contended = contended or (other or 0) > CONTENDED
-            ratio = f"{s['median'] / fast_median:.2f}x" if fast_median else "n/a"
-            other_text = "" if other is None else f"{other:.2f}"
-            lines.append(f"| {name} | {_ms(s['median'])} | {_ms(s['min'])} | {_ms(s['iqr'])} | {s['rounds']} "
-                         f"| {other_text} | {ratio} |")
-        if contended:
-            lines.append("")
-            lines.append(f"**Warning:** other processes used more than {CONTENDED} core during some rows; "
-                         "these ratios are not trustworthy.")
-        if fast_median:
-            ratios = [f"fast vs {b}: {rows[b]['stats']['median'] / fast_median:.2f}x"
-                      for b in BASELINES if b in rows]
-            lines.append("")
-            lines.append("Ratios (median, > 1 = fast is faster): " + "; ".join(ratios))
-        lines.append("")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="JSON written by pytest --benchmark-json")
-    args = parser.parse_args(argv)
-    with open(args.results, encoding="utf-8") as f:
-        data = json.load(f)
-    sys.stdout.write(render(data))
-    return 0
-
+from detspec.bench.report import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -52,6 +52,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 
 import fast
 import reference
+from detspec.checkpoints import rename_torchvision_key
 from spec.config import BASE_RCNN_FPN, TORCHVISION
 
 ROI = BASE_RCNN_FPN.roi_heads
@@ -226,8 +227,9 @@ def head_modules(implementation: str, device: str) -> tuple[torch.nn.Module, tor
         predictor = FastRCNNPredictor(BOX.fc_dim, ROI.num_classes + 1)
         cls_w, cls_b = state["box_predictor.cls_score.weight"], state["box_predictor.cls_score.bias"]
         box_w, box_b = state["box_predictor.bbox_pred.weight"], state["box_predictor.bbox_pred.bias"]
-        head.load_state_dict({"fc6.weight": state["box_head.fc1.weight"], "fc6.bias": state["box_head.fc1.bias"],
-                              "fc7.weight": state["box_head.fc2.weight"], "fc7.bias": state["box_head.fc2.bias"]})
+        # fc6 / fc7 -> box_head.fc1 / fc2 by detspec.checkpoints' torchvision table (a Faster R-CNN's roi_heads)
+        head.load_state_dict({k: state[rename_torchvision_key(f"roi_heads.box_head.{k}").removeprefix("roi_heads.")]
+                              for k in head.state_dict()})
         predictor.load_state_dict({  # torchvision: background is row 0, and bbox_pred has its 4 rows too
             "cls_score.weight": torch.cat([cls_w[-1:], cls_w[:-1]]),
             "cls_score.bias": torch.cat([cls_b[-1:], cls_b[:-1]]),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +45,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
 import fast
 import reference
+from detspec.checkpoints import rename_torchvision_key
 from fast.proposals import decode_and_select
 from spec.config import BASE_RCNN_FPN, TORCHVISION
 
@@ -118,33 +118,20 @@ def _random_state(template: dict[str, torch.Tensor], seed: int) -> dict[str, tor
 
 
 def _tv_backbone_key(key: str) -> str:
-    """BackboneWithFPN key -> detspec key ("resnet." or "fpn." prefix + detectron2 layout)."""
-    parts = key.split(".")
-    if parts[0] == "fpn":
-        m = re.fullmatch(r"fpn\.(inner|layer)_blocks\.(\d+)\.0\.(weight|bias)", key)
-        assert m, f"unexpected torchvision FPN key {key}"
-        kind = "fpn_lateral" if m.group(1) == "inner" else "fpn_output"
-        return f"fpn.{kind}{int(m.group(2)) + 2}.{m.group(3)}"
-    assert parts[0] == "body", key
-    parts = parts[1:]
-    if parts[0] == "conv1":
-        return "resnet.stem.conv1." + parts[-1]
-    if parts[0] == "bn1":
-        return "resnet.stem.conv1.norm." + parts[-1]
-    stage = f"res{int(parts[0][len('layer'):]) + 1}"  # layer1 -> res2
-    block, name = parts[1], parts[2]
-    if name.startswith("conv"):
-        return f"resnet.{stage}.{block}.{name}.{parts[-1]}"
-    if name.startswith("bn"):
-        return f"resnet.{stage}.{block}.conv{name[len('bn'):]}.norm.{parts[-1]}"
-    if name == "downsample":  # downsample.0 = conv, downsample.1 = FrozenBatchNorm2d
-        return f"resnet.{stage}.{block}.shortcut." + ("" if parts[3] == "0" else "norm.") + parts[-1]
-    raise KeyError(key)
+    """BackboneWithFPN key -> detspec key ("resnet." or "fpn." prefix + detectron2 layout), by detspec.checkpoints'
+    torchvision -> detspec table (written for a whole fasterrcnn_resnet50_fpn, whose backbone this is)."""
+    new = rename_torchvision_key(f"backbone.{key}")
+    assert new is not None, f"unexpected torchvision backbone key {key}"
+    if new.startswith("backbone.bottom_up."):
+        return "resnet." + new.removeprefix("backbone.bottom_up.")
+    return "fpn." + new.removeprefix("backbone.")
 
 
-_TV_HEAD_KEYS = {"conv.weight": "conv.0.0.weight", "conv.bias": "conv.0.0.bias",
-                 "objectness_logits.weight": "cls_logits.weight", "objectness_logits.bias": "cls_logits.bias",
-                 "anchor_deltas.weight": "bbox_pred.weight", "anchor_deltas.bias": "bbox_pred.bias"}
+def _tv_head_key(key: str) -> str:
+    """torchvision RPNHead key -> detspec RPNHead key, by the same table (a Faster R-CNN's rpn.head)."""
+    new = rename_torchvision_key(f"rpn.head.{key}")
+    assert new is not None, f"unexpected torchvision RPN head key {key}"
+    return new.removeprefix("proposal_generator.rpn_head.")
 
 
 @functools.cache
@@ -284,7 +271,9 @@ def _tv_rpn(device: str) -> RegionProposalNetwork:
     """torchvision's RPN with detspec's numbers (pre/post-NMS top-n 1000 in eval, NMS 0.7, score_thresh 0)."""
     generator = AnchorGenerator(tuple((int(s[0]),) for s in ANCHORS.sizes), ANCHORS.aspect_ratios)
     head = TVRPNHead(256, ANCHORS.anchors_per_location)
-    head.load_state_dict({_TV_HEAD_KEYS[k]: v for k, v in head_state().items()}, strict=True)
+    names = {k: _tv_head_key(k) for k in head.state_dict()}
+    assert sorted(names.values()) == sorted(head_state()), "torchvision and detspec RPN head keys differ"
+    head.load_state_dict({k: head_state()[name] for k, name in names.items()}, strict=True)
     rpn = RegionProposalNetwork(
         generator, head, fg_iou_thresh=RPN.iou_thresholds[1], bg_iou_thresh=RPN.iou_thresholds[0],
         batch_size_per_image=RPN.batch_size_per_image, positive_fraction=RPN.positive_fraction,

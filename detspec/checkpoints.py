@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detspec.fileio import UserError, atomic_save, check_output
+from detspec.io.fileio import UserError, atomic_save, check_output
 from spec.config import BASE_RCNN_FPN, FasterRCNNConfig
 
 FORMAT = "detspec-faster-rcnn"  # the "format" entry of a file written by save_detspec
@@ -592,7 +592,7 @@ _TV_RULES: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [
 _TV_DROP = re.compile(r"backbone\.body\.(bn1|layer\d\.\d+\.(bn\d|downsample\.1))\.num_batches_tracked")
 
 
-def _rename_torchvision(key: str) -> str | None:
+def rename_torchvision_key(key: str) -> str | None:
     for pattern, target in _TV_RULES:
         m = pattern.fullmatch(key)
         if m:
@@ -619,7 +619,7 @@ def convert_torchvision(state_dict: Mapping[str, Tensor], *, origin: str = "torc
     out: dict[str, Tensor] = {}
     unknown, dupes = [], []
     for key, value in tensors.items():
-        new = _rename_torchvision(key)
+        new = rename_torchvision_key(key)
         if new is None:
             unknown.append(key)
         elif new in out:

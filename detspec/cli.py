@@ -2,7 +2,7 @@
 
   detspec check [--impl NAME ...] [--device cpu|cuda] [--report PATH] [-k EXPR] [--workers N] [--timeout S]
       Run the conformance suite against the implementations (default: reference and fast) and print the
-      clause table (detspec/check.py). Exits 1 if any clause fails, errs, times out (--timeout, default 300 s
+      clause table (detspec/commands/check.py). Exits 1 if any clause fails, errs, times out (--timeout, default 300 s
       per test) or was interrupted, 2 on a usage error, 130/143 on SIGINT/SIGTERM (the partial table is still
       printed, marked INCOMPLETE), 0 otherwise ("not implemented" clauses of a partial port do not fail the run).
 
@@ -26,25 +26,28 @@
 
   detspec detect IMAGE... --weights W [--profile detectron2|torchvision] [--resize default|none] [--out DIR]
       Run the Faster R-CNN; write DIR/detections.json (COCO results, original-image pixels) and one PNG per
-      image with the boxes and class names drawn (see detspec/detect.py).
+      image with the boxes and class names drawn (see detspec/commands/detect.py).
 
   detspec evaluate --annotations A --results R [--json OUT]
       COCO box evaluation with pycocotools; prints the standard 12-number summary.
 
   detspec bench [--suite NAME ...] [--device cpu|cuda] [--save NAME] [--compare NAME --fail-above PCT]
       Run the pytest-benchmark suites; print the ratio table, write JSON and a PNG plot, gate regressions
-      against a saved baseline (see detspec/bench.py).
+      against a saved baseline (see detspec/commands/bench.py).
 
   detspec vectors export DIR | detspec vectors check DIR --impl X
       Golden vectors for ports outside Python: .npz cases plus a JSON manifest (seed, spec version, tolerances);
-      check an implementation against them (see detspec/vectors.py; the committed set is vectors/v1/).
+      check an implementation against them (see detspec/vectors/; the committed set is vectors/v1/).
 
   detspec demo [--iters N] [--out DIR] [--impl fast|reference] [--seed S] [--device cpu|cuda]
-      Train a small Faster R-CNN on the synthetic shapes and report COCO AP before and after (detspec/demo.py);
+      Train a small Faster R-CNN on the synthetic shapes and report COCO AP before and after (detspec/demo/);
       `torchrun --nproc_per_node 2 -m detspec.demo ...` runs the same loop with DDP.
 
   detspec synth OUT_DIR [--images N] [--seed S] [--size H W]
       Write the procedural synthetic shapes dataset (images/*.png + annotations.json, COCO format).
+
+Each subcommand is one module of detspec/commands/ with ``add_parser(subparsers)``; ``COMMANDS`` lists them in
+the order ``detspec --help`` shows them.
 """
 
 from __future__ import annotations
@@ -52,21 +55,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from detspec.commands import bench, check, classify, convert, demo, detect, evaluate, synth, vectors
+
+COMMANDS = (check, convert, classify, bench, demo, vectors, detect, evaluate, synth)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detspec", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    from detspec import bench, check, classify, coco, convert, demo, detect, vectors
-
-    check.add_parser(sub)
-    convert.add_parser(sub)
-    classify.add_parser(sub)
-    bench.add_parser(sub)
-    demo.add_parser(sub)
-    vectors.add_parser(sub)
-    detect.add_parser(sub)
-    coco.add_evaluate_parser(sub)
-    coco.add_synth_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 

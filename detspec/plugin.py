@@ -55,9 +55,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from detspec import impls as _impls
-from detspec.report import FAILING_STATUSES  # noqa: F401  (re-exported: the statuses that fail a run)
+from detspec.io.fileio import atomic_write_json
+from detspec.report import (
+    FAILING_STATUSES,  # noqa: F401  (re-exported: the statuses that fail a run)
+    format_table,
+)
+from spec import SPEC_VERSION
+from spec.clauses import CLAUSES
+from spec.contract import CONTRACT, PLANNED
 
 STATUS_ORDER = ("fail", "error", "timeout", "interrupted", "incomplete", "partial", "not implemented", "pass", "skip",
                 "untested")
@@ -102,27 +110,21 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     _CONFIG["config"] = config
     try:
-        from spec import strategies
+        from spec import strategies  # needs hypothesis, an optional dependency (the test extra)
     except ImportError:  # hypothesis missing: only non-property tests can run
         pass
     else:  # an explicit --hypothesis-profile wins over HYPOTHESIS_PROFILE / CI
         strategies.register_profiles(load=not config.getoption("hypothesis_profile", None))
     workers = getattr(config, "workerinput", {}).get("workercount")
     if workers:  # an xdist worker: share the cores instead of oversubscribing them
-        import torch
-
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
     threads = os.environ.get("DETSPEC_TORCH_THREADS", "").strip()
     if threads:  # the determinism sweep (scripts/determinism_sweep.sh) pins the intra-op thread count
-        import torch
-
         if not threads.isdigit() or int(threads) < 1:
             raise pytest.UsageError(f"DETSPEC_TORCH_THREADS must be a positive integer, got {threads!r}")
         torch.set_num_threads(int(threads))
     device = config.getoption("detspec_device") or "cpu"
     if device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise pytest.UsageError("--device cuda was given but torch.cuda.is_available() is False")
         # float32 tolerances assume IEEE float32 arithmetic: no TF32 in convolutions or matmuls
@@ -164,8 +166,6 @@ def _current() -> _State | None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from spec import SPEC_VERSION
-
     st = _state(config)
     return [f"detspec: spec {SPEC_VERSION}; implementations under test: {', '.join(st.impls)}; "
             f"device: {st.device}"]
@@ -191,8 +191,6 @@ def reference_impl() -> _impls.Impl:
 
 @pytest.fixture(scope="session")
 def device(request: pytest.FixtureRequest):
-    import torch
-
     return torch.device(_state(request.config).device)
 
 
@@ -204,8 +202,6 @@ def _clause_ids(item: pytest.Item) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from spec.clauses import CLAUSES
-
     unknown = sorted({(cid, item.nodeid) for item in items for cid in _clause_ids(item) if cid not in CLAUSES})
     if unknown:
         lines = "\n".join(f"  {cid} in {nodeid}" for cid, nodeid in unknown)
@@ -214,14 +210,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             if cuda is None:
-                import torch
-
                 cuda = torch.cuda.is_available()
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)"))
         if item.get_closest_marker("triton"):
             try:
-                import triton  # noqa: F401
+                import triton  # noqa: F401  (optional: checked only when a test is marked triton)
             except ImportError:
                 item.add_marker(pytest.mark.skip(reason="needs triton"))
         clauses = _clause_ids(item)
@@ -251,8 +245,6 @@ def _names_used(item: pytest.Item) -> list[str]:
     Checking them before the test runs reports a partial port's gaps as "not implemented" without running
     (and shrinking) a property test. Names reached any other way still raise NotImplementedComponent.
     """
-    from spec.contract import CONTRACT, PLANNED
-
     fn = getattr(item, "function", None)
     if fn is None:
         return []
@@ -278,7 +270,7 @@ class ClauseTimeout(BaseException):
 
 
 def _debugging() -> bool:
-    try:
+    try:  # imported late: pytest registers pytest_timeout as a plugin (and rewrites it) after this module loads
         from pytest_timeout import is_debugging
     except ImportError:  # pragma: no cover - the hook only runs with pytest-timeout
         return False
@@ -447,9 +439,6 @@ def build_report(config: pytest.Config) -> dict[str, Any]:
     ``{spec_version, device, impls, timeout, complete, interrupted, stop_reason, problems, unattributed,
     clauses: {clause id: {text, source, results: {impl: {status, tests: [[nodeid, outcome, reason], ...]}}}}}``
     """
-    from spec import SPEC_VERSION
-    from spec.clauses import CLAUSES
-
     st = _state(config)
     columns = list(st.impls)
     by_clause: dict[str, dict[str, list]] = {}
@@ -524,8 +513,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         st.stop_reason = str(session.shouldfail or session.shouldstop)
     path = config.getoption("detspec_report")
     if path:
-        from detspec.fileio import atomic_write_json
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, build_report(config), indent=1)
 
@@ -533,8 +520,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if hasattr(config, "workerinput") or not config.getoption("detspec_table"):
         return
-    from detspec.report import format_table
-
     terminalreporter.write_line("")
     for line in format_table(build_report(config)).splitlines():
         terminalreporter.write_line(line)

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The determinism sweep (run before resolving an issue): the whole suite from a fresh clone of HEAD,
-#   1. with pytest-xdist on 2 workers (the README's command),
-#   2. without xdist,
-#   3. without xdist, with 1 torch thread (DETSPEC_TORCH_THREADS=1),
-#   4. without xdist, with 2 torch threads (DETSPEC_TORCH_THREADS=2).
+#   1. with pytest-xdist on 2 workers (the README's command; each worker runs 1 torch thread on 2 cores),
+#   2. without xdist, with 2 torch threads (DETSPEC_TORCH_THREADS=2),
+#   3. without xdist, with 1 torch thread (DETSPEC_TORCH_THREADS=1).
 # Every run must be green; the results do not depend on thread count or test order.
 #   scripts/determinism_sweep.sh [CLONE_DIR]      (default: a new temporary directory)
 # Each run's log is CLONE_DIR/sweep-N.log; the summary is printed at the end and written to CLONE_DIR/sweep.txt.
@@ -17,9 +16,8 @@ python3.11 -m venv .venv && .venv/bin/pip install -q -e '.[test]' > "$dir/instal
     echo "install failed: see $dir/install.log" >&2; exit 2; }
 runs=(
     "-n 2"
-    "-p no:xdist"
-    "-p no:xdist|1"
     "-p no:xdist|2"
+    "-p no:xdist|1"
 )
 status=0
 : > "$dir/sweep.txt"

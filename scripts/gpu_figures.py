@@ -908,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_figures: --device cuda, but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     out_dir.mkdir(parents=True, exist_ok=True)
-    from detspec.fileio import atomic_write, atomic_write_json
+    from detspec.io.fileio import atomic_write, atomic_write_json
 
     t_start = time.perf_counter()
     with contextlib.suppress(Exception):  # fp32 means IEEE fp32: no TF32 in matmuls or convolutions

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from detspec import bench
+from detspec.commands import bench
 
 MACHINE = {"cpu_model": "Test CPU 9000", "cpu_count": 2, "gpu_name": None, "torch_version": "2.99.0",
            "torchvision_version": "0.99.0", "torch_num_threads": 2, "bench_device": "cpu",

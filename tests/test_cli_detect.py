@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from detspec.cli import main
-from detspec.coco_categories import COCO_CATEGORIES
-from detspec.detect import image_ids
-from detspec.fileio import UserError
+from detspec.commands.detect import image_ids
+from detspec.io.categories import COCO_CATEGORIES
+from detspec.io.fileio import UserError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""COCO evaluation (detspec.coco): category mapping, results conversion, pycocotools AP by hand, the CLI.
+"""COCO evaluation (detspec.evaluation, detspec.io): category mapping, results conversion, pycocotools AP by hand,
+the CLI.
 
 How COCO AP works (pycocotools cocoeval.py), used in the derivations below:
 - per category, detections of all images are ranked by score; a detection matches the unmatched ground-truth
@@ -19,8 +20,12 @@ import pytest
 
 pytest.importorskip("pycocotools")
 
-from detspec import coco as C  # noqa: E402
+from detspec import evaluation as E  # noqa: E402
+from detspec.commands import evaluate as evaluate_command  # noqa: E402
+from detspec.commands import synth as synth_command  # noqa: E402
 from detspec.data import synthetic as S  # noqa: E402
+from detspec.io import coco as C  # noqa: E402
+from detspec.io.categories import CategoryMap  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -56,7 +61,7 @@ def _dets(boxes, cat=3, score=1.0, image_id=1):
 
 
 def test_category_map_ascending_id_order_and_round_trip():
-    cmap = C.CategoryMap([8, 1, 5, 2], {1: "a", 2: "b", 5: "c", 8: "d"})
+    cmap = CategoryMap([8, 1, 5, 2], {1: "a", 2: "b", 5: "c", 8: "d"})
     assert cmap.ids == (1, 2, 5, 8) and cmap.names == ("a", "b", "c", "d") and cmap.num_classes == 4
     assert [cmap.to_contiguous(c) for c in (1, 2, 5, 8)] == [0, 1, 2, 3]
     assert [cmap.to_coco_id(i) for i in range(4)] == [1, 2, 5, 8]
@@ -65,12 +70,12 @@ def test_category_map_ascending_id_order_and_round_trip():
 
 
 def test_category_map_from_synthetic_categories():
-    cmap = C.CategoryMap.from_coco([{"id": cid, "name": n} for cid, n in S.CATEGORIES])
+    cmap = CategoryMap.from_coco([{"id": cid, "name": n} for cid, n in S.CATEGORIES])
     assert cmap.ids == S.CATEGORY_IDS and cmap.names == S.CLASS_NAMES
 
 
 def test_category_map_errors():
-    cmap = C.CategoryMap([1, 3])
+    cmap = CategoryMap([1, 3])
     with pytest.raises(ValueError, match="unknown category id"):
         cmap.to_contiguous(2)
     with pytest.raises(ValueError, match="unknown category ids"):
@@ -80,11 +85,11 @@ def test_category_map_errors():
     with pytest.raises(ValueError, match="out of range"):
         cmap.to_coco_id([0, -1])
     with pytest.raises(ValueError, match="unique"):
-        C.CategoryMap([1, 1])
+        CategoryMap([1, 1])
     with pytest.raises(ValueError, match="empty"):
-        C.CategoryMap([])
+        CategoryMap([])
     with pytest.raises(TypeError, match="ints"):
-        C.CategoryMap([1.5])
+        CategoryMap([1.5])
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -92,7 +97,7 @@ def test_category_map_errors():
 
 def test_detections_to_coco_results_converts_boxes_and_classes():
     torch = pytest.importorskip("torch")
-    cmap = C.CategoryMap([2, 7, 9])
+    cmap = CategoryMap([2, 7, 9])
     boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.5, 1.5, 2.5, 4.0]])
     res = C.detections_to_coco_results(4, boxes, torch.tensor([0.9, 0.25]), torch.tensor([2, 0]), cmap)
     assert res == [
@@ -114,7 +119,7 @@ def test_detections_to_coco_results_converts_boxes_and_classes():
 ])
 def test_detections_to_coco_results_bad_input(boxes, scores, classes, exc, match):
     with pytest.raises(exc, match=match):
-        C.detections_to_coco_results(1, boxes, scores, classes, C.CategoryMap([1, 2, 3]))
+        C.detections_to_coco_results(1, boxes, scores, classes, CategoryMap([1, 2, 3]))
 
 
 def test_write_results_round_trips(tmp_path):
@@ -127,7 +132,7 @@ def test_write_results_round_trips(tmp_path):
 
 
 def test_perfect_detections_give_ap_one(one_class):
-    out = C.evaluate(one_class, _dets(FOUR))
+    out = E.evaluate(one_class, _dets(FOUR))
     # every detection matches its own box with IoU 1 >= every threshold: precision 1 at every recall
     for name in ("AP", "AP50", "AP75", "APm", "AR10", "AR100", "ARm"):
         assert out[name] == pytest.approx(1.0), name
@@ -136,13 +141,13 @@ def test_perfect_detections_give_ap_one(one_class):
     # no small or large ground truth: pycocotools reports -1 there
     for name in ("APs", "APl", "ARs", "ARl"):
         assert out[name] == -1.0, name
-    assert set(C.STAT_NAMES) <= set(out) and len(C.STAT_NAMES) == 12
+    assert set(E.STAT_NAMES) <= set(out) and len(E.STAT_NAMES) == 12
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000" in out["summary"]
     assert out["notes"] == [] and out["num_detections"] == 4 and out["num_images"] == 1
 
 
 def test_half_of_the_detections(one_class):
-    out = C.evaluate(one_class, _dets(FOUR[:2]))
+    out = E.evaluate(one_class, _dets(FOUR[:2]))
     # 2 TPs of 4 GT: precision 1 up to recall 0.5, nothing beyond. Of the 101 recall points 0, 0.01, ..., 0.50
     # (51 points) get precision 1, the other 50 get 0, at every IoU threshold: AP = AP50 = AP75 = 51/101.
     for name in ("AP", "AP50", "AP75", "APm"):
@@ -157,7 +162,7 @@ def test_one_wrong_class(tmp_path):
                    categories=((2, "a"), (5, "b")))
     dets = _dets([FOUR[0]], cat=2, score=0.9) + _dets([FOUR[1]], cat=5, score=0.95) + \
         _dets(FOUR[2:], cat=5, score=0.9)
-    out = C.evaluate(gt, dets)
+    out = E.evaluate(gt, dets)
     # id 2: 1 TP of 2 GT -> precision 1 up to recall 0.5: AP = 51/101 (as above).
     # id 5: ranked FP (IoU 0 with both id-5 boxes), TP, TP -> (recall, precision) = (0, 0), (0.5, 1/2),
     #       (1, 2/3); interpolated precision is 2/3 at every recall point: AP = 2/3.
@@ -185,7 +190,7 @@ def _shifted(width, dx):
 def test_shifted_boxes_cross_iou_thresholds(tmp_path, width, dx, n_matched):
     gt_boxes, det_boxes = _shifted(width, dx)
     gt = _write_gt(tmp_path / "gt.json", [[(3, b) for b in gt_boxes]])
-    out = C.evaluate(gt, _dets(det_boxes))
+    out = E.evaluate(gt, _dets(det_boxes))
     # one GT, one detection: AP is 1 at each threshold where it matches and 0 elsewhere, so
     # AP = n_matched / 10, AP50 = 1 iff n_matched >= 1, AP75 = 1 iff n_matched >= 6 (0.75 is the 6th).
     assert out["AP"] == pytest.approx(n_matched / 10)
@@ -194,7 +199,7 @@ def test_shifted_boxes_cross_iou_thresholds(tmp_path, width, dx, n_matched):
 
 
 def test_empty_results(one_class, tmp_path):
-    out = C.evaluate(one_class, [])
+    out = E.evaluate(one_class, [])
     # no detections: recall 0 and precision 0 wherever there is ground truth, -1 where there is none
     for name in ("AP", "AP50", "AP75", "APm", "AR1", "AR10", "AR100", "ARm"):
         assert out[name] == 0.0, name
@@ -202,13 +207,13 @@ def test_empty_results(one_class, tmp_path):
     assert out["num_detections"] == 0 and any("no detections" in n for n in out["notes"])
     assert out["summary"].count("Average") == 12
     empty_file = C.write_results(tmp_path / "empty.json", [])
-    assert C.evaluate(one_class, empty_file)["AP"] == 0.0
+    assert E.evaluate(one_class, empty_file)["AP"] == 0.0
 
 
 def test_results_list_is_not_modified(one_class):
     dets = _dets(FOUR)
     before = json.dumps(dets)
-    C.evaluate(one_class, dets)
+    E.evaluate(one_class, dets)
     assert json.dumps(dets) == before  # pycocotools' loadRes writes id/area into the dicts it gets
 
 
@@ -217,33 +222,33 @@ def test_results_list_is_not_modified(one_class):
 
 def test_evaluate_errors(one_class, tmp_path):
     with pytest.raises(FileNotFoundError, match="annotations"):
-        C.evaluate(tmp_path / "missing.json", [])
+        E.evaluate(tmp_path / "missing.json", [])
     with pytest.raises(FileNotFoundError, match="results"):
-        C.evaluate(one_class, tmp_path / "missing.json")
+        E.evaluate(one_class, tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
     with pytest.raises(ValueError, match="not valid JSON"):
-        C.evaluate(bad, [])
+        E.evaluate(bad, [])
     with pytest.raises(ValueError, match="not valid JSON"):
-        C.evaluate(one_class, bad)
+        E.evaluate(one_class, bad)
     with pytest.raises(ValueError, match="image id"):
-        C.evaluate(one_class, _dets(FOUR[:1], image_id=99))
+        E.evaluate(one_class, _dets(FOUR[:1], image_id=99))
     with pytest.raises(ValueError, match=r"category id\(s\) not in the annotations: \[4\]"):
-        C.evaluate(one_class, _dets(FOUR[:1], cat=4))
+        E.evaluate(one_class, _dets(FOUR[:1], cat=4))
     with pytest.raises(ValueError, match="lacks"):
-        C.evaluate(one_class, [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}])
+        E.evaluate(one_class, [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}])
     with pytest.raises(ValueError, match="bbox"):
-        C.evaluate(one_class, [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1], "score": 1.0}])
+        E.evaluate(one_class, [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1], "score": 1.0}])
     with pytest.raises(ValueError, match="iou_type"):
-        C.evaluate(one_class, [], iou_type="segm")
+        E.evaluate(one_class, [], iou_type="segm")
     not_coco = tmp_path / "list.json"
     not_coco.write_text("[]")
     with pytest.raises(ValueError, match="COCO dict"):
-        C.evaluate(not_coco, [])
+        E.evaluate(not_coco, [])
     obj = tmp_path / "obj.json"
     obj.write_text("{}")
     with pytest.raises(ValueError, match="JSON list"):
-        C.evaluate(one_class, obj)
+        E.evaluate(one_class, obj)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -252,8 +257,8 @@ def test_evaluate_errors(one_class, tmp_path):
 def _parser():
     parser = argparse.ArgumentParser(prog="detspec")
     sub = parser.add_subparsers(dest="command", required=True)
-    C.add_evaluate_parser(sub)
-    C.add_synth_parser(sub)
+    evaluate_command.add_parser(sub)
+    synth_command.add_parser(sub)
     return parser
 
 
@@ -269,7 +274,7 @@ def test_cli_synth_then_evaluate_ground_truth_as_detections(tmp_path, capsys):
     assert all((img["height"], img["width"]) == (64, 96) for img in data["images"])
 
     # ground truth as detections, through the contiguous-class path
-    cmap = C.CategoryMap.from_coco(data["categories"])
+    cmap = CategoryMap.from_coco(data["categories"])
     results = []
     for img in data["images"]:
         anns = [a for a in data["annotations"] if a["image_id"] == img["id"]]
@@ -281,7 +286,7 @@ def test_cli_synth_then_evaluate_ground_truth_as_detections(tmp_path, capsys):
     json_out = tmp_path / "stats.json"
     args = parser.parse_args(["evaluate", "--annotations", str(ann), "--results", str(res_path),
                               "--json", str(json_out)])
-    assert args.func(args) == C.cmd_evaluate(args) == 0
+    assert args.func(args) == evaluate_command.run(args) == 0
     printed = capsys.readouterr().out
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000" in printed
     assert printed.count("Average Precision") == 2 * 6 and printed.count("Average Recall") == 2 * 6
@@ -301,4 +306,4 @@ def test_cli_evaluate_reports_bad_results(tmp_path, one_class):
     res = C.write_results(tmp_path / "res.json", _dets(FOUR, cat=99))
     args = _parser().parse_args(["evaluate", "--annotations", str(one_class), "--results", str(res)])
     with pytest.raises(ValueError, match="category id"):
-        C.cmd_evaluate(args)  # detspec.cli.main turns ValueError into exit code 2
+        evaluate_command.run(args)  # detspec.cli.main turns ValueError into exit code 2

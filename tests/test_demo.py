@@ -1,4 +1,4 @@
-"""detspec demo and the training loop (detspec/train.py): in-process smoke runs and a 2-process DDP run (gloo,
+"""detspec demo and the training loop (detspec/demo/train.py): in-process smoke runs and a 2-process DDP run (gloo,
 CPU) under torchrun. Nothing here asserts that the loss decreases or any wall-clock time: a few iterations prove
 neither; the demo's learning is measured by running ``detspec demo`` itself (figures in the README)."""
 
@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from detspec.data.synthetic import SyntheticCOCO
-from detspec.demo_config import DEMO_RCNN
-from detspec.train import (
+from detspec.demo.config import DEMO_RCNN
+from detspec.demo.train import (
     LOSS_NAMES,
     DistInfo,
     Progress,
@@ -157,7 +157,7 @@ def test_demo_end_to_end_in_process(tmp_path, capsys):
 def test_demo_parser_registers_the_command():
     import argparse
 
-    from detspec.demo import add_parser
+    from detspec.commands.demo import add_parser
 
     parser = argparse.ArgumentParser(prog="detspec")
     add_parser(parser.add_subparsers(dest="command"))
@@ -169,8 +169,8 @@ def test_demo_parser_registers_the_command():
 _WORKER = """
 import sys
 import torch
-from detspec.demo_config import DEMO_RCNN
-from detspec.train import TrainConfig, batches, build_model, init_distributed, parameter_checksum, train
+from detspec.demo.config import DEMO_RCNN
+from detspec.demo.train import TrainConfig, batches, build_model, init_distributed, parameter_checksum, train
 
 info = init_distributed("cpu")
 model = build_model("fast", DEMO_RCNN, seed=0)

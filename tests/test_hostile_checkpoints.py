@@ -30,7 +30,7 @@ from detspec.checkpoints import (
     load_checkpoint,
 )
 from detspec.cli import main
-from detspec.convert import mvit_layout
+from detspec.mvit_checkpoints import mvit_layout
 
 tv_detection = pytest.importorskip("torchvision.models.detection")
 

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from detspec.cli import main
-from detspec.detect import load_image
-from detspec.fileio import UserError
+from detspec.io.fileio import UserError
+from detspec.io.images import load_image
 
 # ----------------------------------------------------------------------------------------------- helpers
 

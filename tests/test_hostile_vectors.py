@@ -1,4 +1,4 @@
-"""Golden vectors are data, never code or paths outside the set (detspec/vectors.py, issue 11 §3).
+"""Golden vectors are data, never code or paths outside the set (detspec/vectors/, issue 11 §3).
 
 Each test copies the committed set (vectors/v1) to tmp_path, tampers with one thing, and runs
 ``detspec vectors check`` through detspec.cli.main: the set must be refused before the implementation is

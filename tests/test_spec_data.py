@@ -56,7 +56,8 @@ def test_torchvision_profile_differs_only_where_torchvision_does():
     assert differing == {
         "input.format", "input.pixel_mean", "input.pixel_std", "input.pixel_scale", "input.min_size_train",
         "resnet.stride_in_1x1", "anchors.round_cell_anchors", "rpn.post_nms_topk_train", "rpn.min_box_size",
-        "rpn.score_thresh", "rpn.rank_by", "roi_heads.source_background_label", "roi_heads.num_classes", "roi_heads.level_eps",
+        "rpn.score_thresh", "rpn.rank_by", "roi_heads.source_background_label", "roi_heads.num_classes",
+        "roi_heads.level_eps",
         "roi_heads.level_eps_in_log", "box_head.pooler_sampling_ratio", "box_head.aligned", "box_head.pooler_type",
         "box_head.smooth_l1_beta", "inference.min_box_size", "inference.drop_nonfinite",
         "input.resize_rounding", "input.resize_interpolation", "input.normalize_before_resize",

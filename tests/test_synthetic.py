@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from detspec.coco import CategoryMap
 from detspec.data import synthetic as S
+from detspec.io.categories import CategoryMap
 
 SMALL = dict(image_size=((64, 96), (64, 128)), min_objects=2, max_objects=6)
 

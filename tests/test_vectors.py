@@ -1,4 +1,4 @@
-"""Golden vectors (detspec/vectors.py, vectors/v1): export, check, and the committed set.
+"""Golden vectors (detspec/vectors/, vectors/v1): export, check, and the committed set.
 
 - reference and fast pass every case of the committed set;
 - a port with the legacy "+1" IoU fails exactly the components that use it, a partial port reports
@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from detspec import vectors as V
+from detspec.commands import vectors as vectors_command
+from detspec.vectors import exporter
 from spec.contract import CONTRACT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +80,7 @@ def fresh(tmp_path_factory) -> Path:
 def _cli(argv: list[str]) -> int:
     """`detspec vectors ...` through a throwaway parser (cli.py wires the same add_parser)."""
     parser = argparse.ArgumentParser(prog="detspec")
-    V.add_parser(parser.add_subparsers(dest="command", required=True))
+    vectors_command.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["vectors", *argv])
     return args.func(args)
 
@@ -253,7 +255,7 @@ def test_interrupted_export_leaves_no_partial_file(fresh, tmp_path, monkeypatch)
     out = tmp_path / "v1"
     shutil.copytree(fresh, out)
     before = (out / "manifest.json").read_bytes()
-    real, calls = V._npz_bytes, []
+    real, calls = exporter._npz_bytes, []
 
     def failing(arrays):
         calls.append(1)
@@ -261,7 +263,7 @@ def test_interrupted_export_leaves_no_partial_file(fresh, tmp_path, monkeypatch)
             raise OSError("disk full (simulated)")
         return real(arrays)
 
-    monkeypatch.setattr(V, "_npz_bytes", failing)
+    monkeypatch.setattr(exporter, "_npz_bytes", failing)
     with pytest.raises(OSError, match="simulated"):
         V.export(out)
     assert (out / "manifest.json").read_bytes() == before

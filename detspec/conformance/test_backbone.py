@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import replace
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detspec.checkpoints import rename_torchvision_key
 from detspec.conformance._util import assert_close, cpu, on
 from spec import strategies as S
 from spec.config import BASE_RCNN_FPN, PARAMETER_COUNTS, TORCHVISION
@@ -445,23 +445,15 @@ def test_resnet_parameter_count(resnet):
 
 # ============================================================================================= RESNET.TORCHVISION
 def _tv_resnet_key(key: str) -> str | None:
-    """torchvision resnet50 key -> detectron2 layout; None for keys with no counterpart."""
+    """torchvision resnet50 key -> detectron2 layout; None for keys with no counterpart. The names come from
+    detspec.checkpoints' torchvision table, where this ResNet is a Faster R-CNN's backbone.body."""
     parts = key.split(".")
     if parts[-1] == "num_batches_tracked" or parts[0] == "fc":
         return None
-    if parts[0] == "conv1":
-        return "stem.conv1." + parts[-1]
-    if parts[0] == "bn1":
-        return "stem.conv1.norm." + parts[-1]
-    stage = f"res{int(parts[0][len('layer'):]) + 1}"  # layer1 -> res2
-    block, name = parts[1], parts[2]
-    if name.startswith("conv"):
-        return f"{stage}.{block}.{name}.{parts[-1]}"
-    if name.startswith("bn"):
-        return f"{stage}.{block}.conv{name[len('bn'):]}.norm.{parts[-1]}"
-    if name == "downsample":  # downsample.0 = conv, downsample.1 = BN
-        return f"{stage}.{block}.shortcut." + ("" if parts[3] == "0" else "norm.") + parts[-1]
-    raise KeyError(key)
+    new = rename_torchvision_key(f"backbone.body.{key}")
+    if new is None:
+        raise KeyError(key)
+    return new.removeprefix("backbone.bottom_up.")
 
 
 @pytest.mark.clause("RESNET.TORCHVISION", "RESNET.STRIDE_IN_1X1")
@@ -606,11 +598,11 @@ def test_level_sizes_for_800x1216(impl, device):
 
 # ============================================================================================= FPN.TORCHVISION
 def _tv_fpn_key(key: str) -> str:
-    """torchvision FeaturePyramidNetwork key (inner_blocks.i[.0].*, layer_blocks.i[.0].*) -> fpn_lateral/output."""
-    m = re.fullmatch(r"(inner|layer)_blocks\.(\d+)\.(?:0\.)?(weight|bias)", key)
-    assert m, f"unexpected torchvision FPN key {key}"
-    kind = "fpn_lateral" if m.group(1) == "inner" else "fpn_output"
-    return f"{kind}{int(m.group(2)) + 2}.{m.group(3)}"
+    """torchvision FeaturePyramidNetwork key (inner_blocks.i.0.*, layer_blocks.i.0.*) -> fpn_lateral/output, by
+    detspec.checkpoints' torchvision table (a Faster R-CNN's backbone.fpn)."""
+    new = rename_torchvision_key(f"backbone.fpn.{key}")
+    assert new is not None, f"unexpected torchvision FPN key {key}"
+    return new.removeprefix("backbone.")
 
 
 @pytest.mark.clause("FPN.TORCHVISION", "FPN.TOP_DOWN", "FPN.P6")

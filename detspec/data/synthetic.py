@@ -1,7 +1,8 @@
 """A seeded, procedural detection dataset in COCO format: coloured shapes on textured backgrounds.
 
 Why: an end-to-end check of training and COCO evaluation needs labelled images, and a download is not an
-option on every machine. This generator needs numpy only (Pillow to write PNGs, torch to read them back).
+option on every machine. The generator itself is numpy only (Pillow writes the PNGs, torch holds the images
+``CocoDetectionDataset`` reads back).
 
 What an image holds:
 
@@ -38,11 +39,18 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
+
+from detspec.io.categories import CategoryMap
+from detspec.io.fileio import atomic_save, atomic_write, load_json, naming_write_errors
+from spec.config import BASE_RCNN_FPN
 
 # (COCO category id, name), ascending id; the contiguous class index is the position in this tuple.
 CATEGORIES: tuple[tuple[int, str], ...] = (
@@ -428,13 +436,8 @@ def make_synthetic_coco(out_dir: str | Path, num_images: int = 16, image_size: I
 
     Image ids run 1..num_images (file i-1 holds image id i), annotation ids 1..; categories are ``CATEGORIES``.
     ``progress(done, total)`` is called after each image. Same arguments, same bytes. Every file is written
-    atomically (detspec.fileio), so an interrupted run leaves no half-written PNG or JSON.
+    atomically (detspec.io.fileio), so an interrupted run leaves no half-written PNG or JSON.
     """
-    from PIL import Image
-
-    from detspec.coco import naming_write_errors
-    from detspec.fileio import atomic_save, atomic_write
-
     if not _is_int(num_images) or num_images < 1:
         raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
     ds = SyntheticCOCO(num_images, image_size, seed, min_objects, max_objects, **sample_kwargs)
@@ -485,11 +488,7 @@ class CocoDetectionDataset:
 
     def __init__(self, ann_path: str | Path, image_dir: str | Path | None = None, format: str | None = None,
                  filter_empty: bool = False) -> None:
-        from detspec.coco import CategoryMap, load_json
-
         if format is None:
-            from spec.config import BASE_RCNN_FPN
-
             format = BASE_RCNN_FPN.input.format
         if format not in ("RGB", "BGR"):
             raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
@@ -515,9 +514,6 @@ class CocoDetectionDataset:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        import torch
-        from PIL import Image
-
         info = self.images[index]
         path = self.image_dir / info["file_name"]
         with Image.open(path) as im:
@@ -540,8 +536,6 @@ class CocoDetectionDataset:
 
 def progress_printer(prefix: str = "", every: int | None = None, stream=None) -> Callable[[int, int], None]:
     """A ``progress(done, total)`` callback printing 'prefix done/total' about 20 times per run."""
-    import sys
-
     def progress(done: int, total: int) -> None:
         step = every or max(1, total // 20)
         if done % step == 0 or done == total:

@@ -45,7 +45,14 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
+
+import pytest
+
+import detspec.conformance
+from detspec.io.fileio import UserError, atomic_write, check_output
+from detspec.report import any_failed, format_table, is_complete
 
 DEFAULT_TIMEOUT = 300.0  # seconds per test; 0 disables
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -60,8 +67,6 @@ xfail_strict = true
 
 def suite_dir() -> Path:
     """The installed conformance suite (the detspec.conformance package directory)."""
-    import detspec.conformance
-
     return Path(detspec.conformance.__file__).resolve().parent
 
 
@@ -103,8 +108,6 @@ def _without_env(names: tuple[str, ...]) -> Iterator[None]:
 
 def _entry_point_plugins() -> set[str]:
     """The module names of the installed pytest11 entry points (the plugins pytest autoloads)."""
-    from importlib.metadata import entry_points
-
     return {ep.value for ep in entry_points(group="pytest11")}
 
 
@@ -125,8 +128,6 @@ def pytest_argv(args: argparse.Namespace, report_path: Path, ini_path: Path) -> 
         argv[0:0] = ["-p", "detspec.plugin"]
     if importlib.util.find_spec("pytest_timeout") is None:  # (not imported here: pytest rewrites its plugins)
         if args.timeout:
-            from detspec.fileio import UserError
-
             raise UserError("--timeout needs pytest-timeout (pip install 'pytest-timeout>=2.3'), "
                             "or pass --timeout 0")
     else:
@@ -144,12 +145,7 @@ def pytest_argv(args: argparse.Namespace, report_path: Path, ini_path: Path) -> 
     return argv + list(args.pytest_args)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    import pytest
-
-    from detspec.fileio import atomic_write, check_output
-    from detspec.report import any_failed, format_table, is_complete
-
+def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output(args.report, what="report")
     # conformance runs are reproducible: derandomized examples and no example database in the cwd
@@ -218,6 +214,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help=f"per-test timeout (default {DEFAULT_TIMEOUT:g} s; 0 disables); a test that runs "
                             "longer is reported 'timeout' and the run goes on")
     check.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
-    check.set_defaults(func=cmd_check)
+    check.set_defaults(func=run)
 
     return check

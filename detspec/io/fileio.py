@@ -1,4 +1,5 @@
-"""Files the application writes: atomically, never over one of its own inputs, never half-written.
+"""Files the application writes (atomically, never over one of its own inputs, never half-written) and the JSON
+files it reads.
 
 Every file a ``detspec`` command writes (checkpoints, results JSON, reports, drawn PNGs, vectors) goes
 through :func:`atomic_write`: the bytes go to a temporary file in the destination's directory, are flushed
@@ -7,7 +8,9 @@ interrupt, a crash or a full disk leaves the earlier file as it was, or no file,
 
 :func:`check_output` turns the usual output mistakes into one-line :class:`UserError` messages before any
 work is done: a missing parent directory, an output that is a directory, and an output that is also one of
-the command's inputs.
+the command's inputs. :func:`naming_write_errors` makes an OSError met while writing name the file.
+
+:func:`load_json` reads a JSON input file; its errors name the file and what it was for.
 """
 
 from __future__ import annotations
@@ -79,6 +82,36 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> None:
     atomic_write(path, json.dumps(obj, **dumps_kwargs))
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError met while writing ``path`` as one line that names ``path`` (an fsync or rename error
+    names no file, a mkstemp error names the temporary file)."""
+    try:
+        yield
+    except OSError as exc:
+        new = OSError(f"cannot write {path}: {exc.strerror or exc}")
+        new.errno = exc.errno
+        raise new from None
+
+
+def load_json(path: str | os.PathLike, what: str = "JSON") -> Any:
+    """Read a JSON file; FileNotFoundError / ValueError naming ``what`` and the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} file {p} is a directory, not a JSON file")
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file not found: {p}")
+    try:
+        with open(p, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} file {p} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} file {p} is not UTF-8 text: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} file {p} nests its JSON too deeply to read") from None
 
 
 def atomic_save(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> None:

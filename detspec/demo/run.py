@@ -1,12 +1,12 @@
-"""``detspec demo [--iters N] [--out DIR] [--impl fast|reference] [--seed S] [--device cpu|cuda]``.
+"""The demo behind ``detspec demo [--iters N] [--out DIR] [--impl fast|reference] [--seed S] [--device cpu|cuda]``.
 
-Trains the reduced Faster R-CNN of detspec/demo_config.py from scratch on the synthetic shapes stream and shows
-that it learns, in a few minutes on a CPU:
+``run_demo`` trains the reduced Faster R-CNN of detspec/demo/config.py from scratch on the synthetic shapes stream
+and shows that it learns, in a few minutes on a CPU:
 
 1. writes a held-out validation set, DIR/val/{images/*.png, annotations.json} (``DemoSchedule.val_images``
    images, a seed no training image uses);
 2. evaluates the untrained model on it (pycocotools, COCO box AP; AP50 is near 0);
-3. trains (detspec/train.py: AdamW, warmup + cosine, gradient clipping, fresh synthetic images every step);
+3. trains (detspec/demo/train.py: AdamW, warmup + cosine, gradient clipping, fresh synthetic images every step);
 4. evaluates again and prints AP50 before and after, and AP;
 5. writes DIR/model_final.pth, DIR/results_untrained.json, DIR/results.json (COCO results), DIR/metrics.json
    and DIR/val_<id>.png: the first few val images with the detections scoring >= 0.5 drawn.
@@ -17,9 +17,8 @@ DDP (gloo on CPU, nccl on CUDA); rank 0 alone evaluates and writes files.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from detspec.demo_config import DEMO_IMAGE_SIZE, DEMO_MAX_OBJECTS, DEMO_RCNN, DEMO_SCHEDULE
-from detspec.fileio import atomic_write
+from detspec.data.synthetic import CATEGORY_IDS, CLASS_NAMES, CocoDetectionDataset, make_synthetic_coco
+from detspec.demo.config import DEMO_IMAGE_SIZE, DEMO_MAX_OBJECTS, DEMO_RCNN, DEMO_SCHEDULE
+from detspec.demo.train import TrainConfig, barrier, build_model, init_distributed, resolve_device, train
+from detspec.evaluation import evaluate
+from detspec.io.categories import CategoryMap
+from detspec.io.coco import detections_to_coco_results, write_results
+from detspec.io.fileio import atomic_write
+from detspec.io.images import draw, to_profile_format
 
 
 def make_val_set(out_dir: Path, num_images: int = DEMO_SCHEDULE.val_images, seed: int = DEMO_SCHEDULE.val_seed,
                  image_size: Any = DEMO_IMAGE_SIZE, max_objects: int = DEMO_MAX_OBJECTS) -> Path:
     """The held-out synthetic val set (COCO files) under out_dir; returns the annotations path."""
-    from detspec.data.synthetic import make_synthetic_coco
-
     return make_synthetic_coco(out_dir, num_images=num_images, image_size=image_size, seed=seed,
                                max_objects=max_objects)
 
@@ -44,10 +47,6 @@ def make_val_set(out_dir: Path, num_images: int = DEMO_SCHEDULE.val_images, seed
 def predict(model: nn.Module, ann_path: Path, batch_size: int = 8) -> tuple[list[dict], dict[int, dict]]:
     """Run ``model`` (eval mode) over a COCO dataset; returns (COCO results list, {image_id: detections on the
     CPU})."""
-    from detspec.coco import CategoryMap, detections_to_coco_results
-    from detspec.data.synthetic import CocoDetectionDataset
-    from detspec.detect import to_profile_format
-
     dataset = CocoDetectionDataset(ann_path, format="RGB")
     category_map: CategoryMap = dataset.category_map
     was_training = model.training
@@ -69,9 +68,7 @@ def predict(model: nn.Module, ann_path: Path, batch_size: int = 8) -> tuple[list
 
 def evaluate_model(model: nn.Module, ann_path: Path, results_path: Path | None = None) -> dict[str, Any]:
     """COCO box evaluation of ``model`` on ``ann_path``; writes the results JSON when ``results_path`` is given.
-    Returns detspec.coco.evaluate's dict plus "per_image" detections."""
-    from detspec.coco import evaluate, write_results
-
+    Returns detspec.evaluation.evaluate's dict plus "per_image" detections."""
     results, per_image = predict(model, ann_path)
     if results_path is not None:
         write_results(results_path, results)
@@ -84,9 +81,6 @@ def draw_detections(ann_path: Path, per_image: dict[int, dict], out_dir: Path, c
                     threshold: float, scale: int = 3) -> list[Path]:
     """Draw the detections of the first ``count`` images onto them, enlarged ``scale`` times (nearest
     neighbour) so that the class labels are legible: out_dir/val_<image id>.png."""
-    from detspec.data.synthetic import CATEGORY_IDS, CLASS_NAMES, CocoDetectionDataset
-    from detspec.detect import draw
-
     dataset = CocoDetectionDataset(ann_path, format="RGB")
     names = list(zip(CATEGORY_IDS, CLASS_NAMES))
     paths = []
@@ -108,8 +102,6 @@ def default_threads() -> int:
     barrier spinning makes each iteration up to 30x slower (measured: 0.4 s vs 12 s per iteration on 2 shared
     cores). To use several cores, run several processes: torchrun --nproc_per_node N -m detspec.demo.
     """
-    import os
-
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else 1
 
@@ -122,8 +114,6 @@ def run_demo(iters: int = DEMO_SCHEDULE.iterations, out: str | Path = "demo_out"
     """The whole demo (module docstring); returns the metrics dict it writes to out/metrics.json (on rank 0;
     other ranks return their training summary). ``threads``: torch intra-op threads per process (None: 1, or
     OMP_NUM_THREADS when set; see ``default_threads``)."""
-    from detspec.train import TrainConfig, barrier, build_model, init_distributed, resolve_device, train
-
     start = time.perf_counter()
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
@@ -134,7 +124,7 @@ def run_demo(iters: int = DEMO_SCHEDULE.iterations, out: str | Path = "demo_out"
     say = (lambda *a: print(*a, flush=True)) if info.is_main else (lambda *a: None)
     model = build_model(impl, DEMO_RCNN, seed).to(dev)
     params = sum(p.numel() for p in model.parameters())
-    say(f"detspec demo: {impl} Faster R-CNN (reduced R-FPN, {params:,} parameters, detspec/demo_config.py), "
+    say(f"detspec demo: {impl} Faster R-CNN (reduced R-FPN, {params:,} parameters, detspec/demo/config.py), "
         f"{iters} iterations x {images_per_batch} images x {info.world_size} process(es) on {dev}, seed {seed}")
 
     metrics: dict[str, Any] = {}
@@ -177,44 +167,3 @@ def run_demo(iters: int = DEMO_SCHEDULE.iterations, out: str | Path = "demo_out"
         f"(AP {after['AP']:.3f}); drew {len(drawn)} val images to {out_dir}/val_*.png; wrote {out_dir}/results.json "
         f"and {out_dir}/metrics.json; total {total:.1f} s")
     return metrics
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(iters=args.iters, out=args.out, impl=args.impl, seed=args.seed, device=args.device,
-             threads=args.threads)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``detspec demo``."""
-    p = subparsers.add_parser(
-        "demo", help="train a small Faster R-CNN on synthetic shapes (CPU, minutes) and show that it learns",
-        description="Train the reduced Faster R-CNN of detspec/demo_config.py from scratch on the synthetic "
-                    "shapes stream; evaluate COCO AP on a held-out synthetic val set before and after; write "
-                    "the checkpoint, results JSON, metrics and drawn val images under --out. Runs under "
-                    "torchrun (DDP) as well: torchrun --nproc_per_node 2 -m detspec.demo ...")
-    p.add_argument("--iters", type=int, default=DEMO_SCHEDULE.iterations,
-                   help=f"training iterations (default {DEMO_SCHEDULE.iterations})")
-    p.add_argument("--out", default="demo_out", metavar="DIR", help="output directory (default ./demo_out)")
-    p.add_argument("--impl", choices=("fast", "reference"), default="fast",
-                   help="implementation (default fast; reference is ~50x slower)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the training stream (default 0)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads per process (default: OMP_NUM_THREADS, else 1; for more cores run "
-                        "several processes with torchrun)")
-    p.set_defaults(func=cmd_demo)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="detspec")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """A small training loop for detspec's Faster R-CNN on the synthetic shapes stream, single-process or DDP.
 
-Used by ``detspec demo`` (detspec/demo.py) and its tests. What it does:
+Used by ``detspec demo`` (detspec/demo/run.py) and its tests. What it does:
 
 - Data: an endless ``SyntheticCOCO`` stream (detspec/data/synthetic.py). Iteration ``t`` of rank ``r`` (of
   ``W`` processes) takes images ``(t * W + r) * B .. + B - 1`` of the stream with seed ``seed``: every rank
@@ -25,6 +25,7 @@ Shape legend: B images per batch per process, W processes, H x W an image, G obj
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import sys
@@ -35,11 +36,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from detspec.data.synthetic import SyntheticCOCO
-from detspec.demo_config import DEMO_IMAGE_SIZE, DEMO_MAX_OBJECTS, DEMO_RCNN, DEMO_SCHEDULE
-from detspec.fileio import atomic_save
+from detspec.demo.config import DEMO_IMAGE_SIZE, DEMO_MAX_OBJECTS, DEMO_RCNN, DEMO_SCHEDULE
+from detspec.io.fileio import atomic_save
+from detspec.io.images import to_profile_format
 from spec.config import FasterRCNNConfig
 
 LOSS_NAMES: tuple[str, ...] = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg")
@@ -48,7 +52,7 @@ _SHORT = {"loss_rpn_cls": "rpn_cls", "loss_rpn_loc": "rpn_loc", "loss_cls": "cls
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``train`` needs besides the model; defaults are the demo's (detspec/demo_config.py)."""
+    """Everything ``train`` needs besides the model; defaults are the demo's (detspec/demo/config.py)."""
 
     iterations: int = DEMO_SCHEDULE.iterations
     images_per_batch: int = DEMO_SCHEDULE.images_per_batch  # per process
@@ -107,8 +111,6 @@ class DistInfo:
 def init_distributed(device: str) -> DistInfo:
     """Start the process group when launched by torchrun with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA);
     otherwise (or when a group already exists) just report rank and world size."""
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -134,8 +136,6 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
 
 def barrier(info: DistInfo) -> None:
     if info.distributed:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -144,8 +144,6 @@ def barrier(info: DistInfo) -> None:
 
 def to_model_input(rgb_hwc, input_cfg) -> Tensor:
     """A synthetic image (uint8 [H, W, 3] RGB numpy) -> float [3, H, W] in the profile's format and scale."""
-    from detspec.detect import to_profile_format
-
     return to_profile_format(torch.from_numpy(rgb_hwc).permute(2, 0, 1), input_cfg)
 
 
@@ -268,8 +266,6 @@ def train(model: nn.Module, cfg: TrainConfig = TrainConfig(), device: str | torc
     wrapper is dropped afterwards; ``model`` holds the trained weights). Raises FloatingPointError if a loss
     becomes non-finite, naming the iteration and the losses.
     """
-    import torch.distributed as dist
-
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if info is None:
@@ -280,8 +276,6 @@ def train(model: nn.Module, cfg: TrainConfig = TrainConfig(), device: str | torc
     model.to(device).train()
     net: nn.Module = model
     if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + info.rank + 1)
@@ -343,8 +337,6 @@ def train(model: nn.Module, cfg: TrainConfig = TrainConfig(), device: str | torc
 def build_model(impl: str = "fast", model_cfg: FasterRCNNConfig = DEMO_RCNN, seed: int = 0) -> nn.Module:
     """A freshly initialized FasterRCNN of ``impl`` ('fast' or 'reference') with weights from ``seed`` (the same
     on every rank), fed images at their own size (no resize)."""
-    import importlib
-
     if impl not in ("fast", "reference"):
         raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
     module = importlib.import_module(f"{impl}.rcnn")

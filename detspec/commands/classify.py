@@ -2,11 +2,12 @@
 
 Inputs are checked before the model runs, each failure one line naming the file (exit 2):
 
-- VIDEO: a [T, H, W, 3] ``.npy`` array (read with ``allow_pickle=False``) or a video file decoded with PyAV.
+- VIDEO: a [T, H, W, 3] ``.npy`` array (read with ``allow_pickle=False``) or a video file decoded with PyAV
+  (:mod:`detspec.io.videos`).
   Values follow :func:`detspec.video.video_to_unit`: uint8 0-255 (divided by 255) or floating point in [0, 1];
   other integer dtypes (uint16 included), bool, float outside [0, 1], NaN / infinite values, an empty axis or a
   wrong rank / channel count are refused. A truncated or undecodable file is refused.
-- ``--weights``: an MViT state dict for ``--model`` (:func:`detspec.convert.load_mvit_state`: untrusted-input
+- ``--weights``: an MViT state dict for ``--model`` (:func:`detspec.mvit_checkpoints.load_mvit_state`: untrusted-input
   reading, float weights only, exact layout).
 - ``--labels``: UTF-8 text, one class name per line, as many names as the model has classes.
 - ``--json OUT``: its directory must exist, it must not be a directory or one of the inputs; written atomically.
@@ -17,65 +18,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detspec.convert import _mvit_names, load_mvit_state, mvit_model
-from detspec.fileio import UserError, atomic_write_json, check_output
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-
-def _load_npy(path: Path):
-    import numpy as np
-    import torch
-
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:  # truncated, not an .npy, object arrays, a directory ...
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, IsADirectoryError) or path.is_dir():
-            detail = "it is a directory"
-        raise UserError(f"{path}: not a readable .npy array ({detail})") from None
-    if not isinstance(array, np.ndarray):  # an .npz archive
-        raise UserError(f"{path}: expected one [T, H, W, 3] array (.npy), got a {type(array).__name__}")
-    if array.dtype.kind not in "biufc" or array.dtype.itemsize > 8:
-        raise UserError(f"{path}: a video must be uint8 (0-255) or floating point in [0, 1], got dtype {array.dtype}")
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _decode(path: Path):
-    import numpy as np
-    import torch
-
-    try:
-        import av  # PyAV: the `video` extra
-    except ImportError:
-        raise UserError(f"reading {path} needs PyAV (pip install 'detspec[video]'), or pass frames as a "
-                        "[T, H, W, 3] .npy file") from None
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise UserError(f"{path}: the file has no video stream")
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except UserError:
-        raise
-    except Exception as exc:  # av.error.* (InvalidDataError for a truncated file), OSError ...
-        reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
-        raise UserError(f"{path}: cannot decode the video ({reason}; a truncated or corrupt file?)") from None
-    if not frames:
-        raise UserError(f"{path}: the video has no frames")
-    return torch.from_numpy(np.stack(frames))  # [T, H, W, 3] uint8
-
-
-def load_video(path: str):
-    """The video file as a [T, H, W, C] tensor (not yet checked: :func:`detspec.video.video_to_unit` does that)."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{p}: is a directory, not a video file")
-    if not p.exists():
-        raise UserError(f"{p}: no such video file")
-    return _load_npy(p) if p.suffix.lower() == ".npy" else _decode(p)
-
-
-_load_video = load_video
+from detspec import video as V
+from detspec.io.fileio import UserError, atomic_write_json, check_output
+from detspec.io.videos import load_video
+from detspec.mvit_checkpoints import load_mvit_state, mvit_model, mvit_names
+from spec.mvit import K400_EVAL, MVIT_CONFIGS
 
 
 def _read_labels(path: str, num_classes: int) -> list[str]:
@@ -92,13 +42,7 @@ def _read_labels(path: str, num_classes: int) -> list[str]:
     return names
 
 
-def cmd_classify(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from detspec import video as V
-    from spec.mvit import K400_EVAL, MVIT_CONFIGS
-
+def run(args: argparse.Namespace) -> int:
     inputs = [p for p in (args.video, args.weights, args.labels) if p]
     if args.json:
         check_output(args.json, inputs=inputs, what="--json output")  # before any work
@@ -141,11 +85,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     classify = sub.add_parser("classify", help="multi-view MViT video classification")
     classify.add_argument("video", help="a [T, H, W, 3] .npy array (uint8 0-255 or float 0-1) or an .mp4")
     classify.add_argument("--weights", required=True, help="a detspec (= torchvision) MViT state dict")
-    classify.add_argument("--model", default="mvit_b_16x4", choices=_mvit_names())
+    classify.add_argument("--model", default="mvit_b_16x4", choices=mvit_names())
     classify.add_argument("--views", default="5x1", help="CLIPSxCROPS (default 5x1, the K400 protocol)")
     classify.add_argument("--impl", default="fast", choices=("fast", "reference"))
     classify.add_argument("--labels", help="a text file with one class name per line")
     classify.add_argument("--json", metavar="OUT", help="write every view's logits and the averaged probabilities")
-    classify.set_defaults(func=cmd_classify)
+    classify.set_defaults(func=run)
 
     return classify

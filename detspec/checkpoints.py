@@ -398,7 +398,10 @@ _WIDENED = (torch.float16, torch.bfloat16)
 _F32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def _to_tensor(key: str, value: object, origin: str) -> Tensor:
+def checkpoint_tensor(key: str, value: object, origin: str) -> Tensor:
+    """A checkpoint entry as a dense tensor: a strided tensor (detached) or a numeric numpy array (native byte
+    order, C-contiguous, writable); anything else is a CheckpointError naming origin and key. No dtype check
+    (see float32_weights)."""
     if isinstance(value, Tensor):
         if value.layout != torch.strided:
             raise CheckpointError(f"{origin}: {key} is a {value.layout} tensor; expected a dense tensor")
@@ -516,7 +519,7 @@ def _state_of(state: Mapping[str, object], origin: str, drop: re.Pattern | None 
     bad = [k for k in state if not isinstance(k, str)]
     if bad:
         raise CheckpointError(f"{origin}: state-dict keys must be strings, got {bad[:_LIST]!r}")
-    return {k: _to_tensor(k, v, origin) for k, v in state.items() if drop is None or not drop.fullmatch(k)}
+    return {k: checkpoint_tensor(k, v, origin) for k, v in state.items() if drop is None or not drop.fullmatch(k)}
 
 
 def _ordered(state: Mapping[str, Tensor], num_classes: int) -> dict[str, Tensor]:
@@ -709,7 +712,7 @@ def load_checkpoint(path: str | Path, source: str = "auto", *, notes: list[str] 
     return _from_detectron2(state, meta, origin, notes)
 
 
-def _compact(t: Tensor) -> Tensor:
+def compact_tensor(t: Tensor) -> Tensor:
     """t itself, or a copy where t is a view of a larger storage (torch.save would write the whole storage)."""
     if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
         return t
@@ -723,7 +726,7 @@ def save_detspec(state_dict: Mapping[str, Tensor], path: str | Path) -> None:
     """
     tensors = {k: v.cpu() for k, v in _state_of(state_dict, "state_dict").items()}
     num_classes = check_layout(tensors, origin="state_dict")
-    model = {k: _compact(v) for k, v in float32_weights(_ordered(tensors, num_classes), "state_dict").items()}
+    model = {k: compact_tensor(v) for k, v in float32_weights(_ordered(tensors, num_classes), "state_dict").items()}
     obj = {"model": model, "format": FORMAT, "num_classes": num_classes}
     atomic_save(path, lambda f: torch.save(obj, f))
 

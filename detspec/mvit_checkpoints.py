@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
-from detspec.checkpoints import CheckpointError, _to_tensor, float32_weights, guess_family, read_checkpoint
+from detspec.checkpoints import CheckpointError, checkpoint_tensor, float32_weights, guess_family, read_checkpoint
 from spec.mvit import MVIT_CONFIGS
 
 _LIST = 8  # keys listed per kind in a layout error
@@ -105,6 +105,6 @@ def load_mvit_state(path: str, name: str, notes: list[str] | None = None) -> dic
     expected = mvit_layout(name)
     state = _state_dict_of(read_checkpoint(path), origin)
     _check_family(list(state), name, expected, origin)
-    tensors = float32_weights({k: _to_tensor(k, v, origin) for k, v in state.items()}, origin, notes)
+    tensors = float32_weights({k: checkpoint_tensor(k, v, origin) for k, v in state.items()}, origin, notes)
     _check_layout(tensors, name, expected, origin)
     return {k: tensors[k] for k in expected}

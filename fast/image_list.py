@@ -5,6 +5,9 @@ ceil(max / size_divisibility) * size_divisibility and return the unpadded sizes.
 channels-last memory format (same shape and values), which is the layout fast/resnet.py runs in, so the
 backbone does not copy it again.
 
+``size_bounds`` gives the (w, h, w, h) clipping bounds of a batch's unpadded sizes on the boxes' device without a
+host synchronisation (the proposals' and the ROI heads' clipping).
+
 Shape legend: N images, C channels, Hi, Wi the size of image i, H, W the padded batch size.
 """
 
@@ -43,5 +46,28 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int = _INPUT.size_di
         batch[i, :, :h, w:].fill_(pad_value)
         batch[i, :, h:, :].fill_(pad_value)
     return batch, image_sizes
+
+
+def size_bounds(image_sizes: Sequence[Sequence[int] | Tensor] | Tensor, like: Tensor) -> Tensor:
+    """N (h, w) sizes -> [N, 4] (w, h, w, h) in like's dtype and device, with no blocking host-to-device copy.
+
+    image_sizes is an [N, 2] tensor (on like's device: no copy at all, which keeps CUDA-graph capture free of
+    host-to-device copies) or a list of (h, w) pairs, each a sequence of numbers or a [2] tensor. A list of
+    numbers is copied in one go, asynchronously through pinned memory on CUDA; tensor entries are stacked on
+    the device, never read on the host.
+    """
+    if isinstance(image_sizes, Tensor):
+        hw = image_sizes.to(device=like.device, dtype=like.dtype).reshape(-1, 2)
+    elif any(isinstance(s, Tensor) for s in image_sizes):
+        hw = torch.stack([torch.as_tensor(s, dtype=like.dtype, device=like.device).reshape(2)
+                          for s in image_sizes])
+    else:
+        rows = [[float(h), float(w)] for h, w in image_sizes]
+        hw = torch.tensor(rows, dtype=like.dtype).reshape(len(rows), 2)
+        if like.device.type == "cuda":  # pinned + non_blocking: an async copy, not a synchronising one
+            hw = hw.pin_memory().to(like.device, non_blocking=True)
+        else:
+            hw = hw.to(like.device)
+    return hw.flip(1).repeat(1, 2)  # (w, h, w, h); a list index (hw[:, [1, 0, 1, 0]]) would copy and sync
 
 

@@ -17,33 +17,30 @@ one CPU call per such image (a host round trip, on CUDA too, so that every devic
 
 ``select_proposals_static``: the same result (rank_by="logit" only) with static shapes and no host
 synchronisation (for CUDA graphs and torch.compile). Non-finite and empty candidates are masked instead of
-removed. NMS is exact greedy NMS with fixed shapes: per (image, level) a dense [k, k] "IoU > thr and i ranks
-before j" mask, resolved by a sweep over ceil(k / 64) row blocks; each block is settled by 63 fixed-point rounds
-(after round t the first t + 1 rows of the block are final, so 63 rounds settle 64 rows), then its kept rows
-suppress all later rows.
-Every loop count depends on k only.
+removed. NMS is exact greedy NMS with fixed shapes per (image, level): ``fast.nms.static_nms_per_level`` (a
+dense [k, k] "IoU > thr and i ranks before j" mask resolved by the fixed-count block sweep
+``fast.nms.greedy_sweep``). Every loop count depends on k only.
 
 Shape legend: N images; L levels; P_i candidates (anchors) of level i; k_i = min(P_i, pre_nms_topk);
-K = Σ k_i candidates per image; T = post_nms_topk; B the sweep's block size (64).
+K = Σ k_i candidates per image; T = post_nms_topk.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from fast.boxes import decode_boxes, iou_planes
-from fast.nms import batched_nms
+from fast.boxes import decode_boxes
+from fast.image_list import size_bounds
+from fast.nms import batched_nms, static_nms_per_level
 from spec import validate as v
 from spec.config import BASE_RCNN_FPN, SCALE_CLAMP, TV_BATCHED_NMS_LOOP_ABOVE
 
 _RPN = BASE_RCNN_FPN.rpn
 
 DIVERGED = "Predicted boxes or scores contain Inf/NaN. Training has diverged."
-BLOCK = 64  # rows settled together by the static sweep
 RANK_BY = ("logit", "sigmoid")
 
 
@@ -68,24 +65,11 @@ def _gather_rows(per_level: Sequence[Tensor], indices: Sequence[Tensor]) -> Tens
                      dim=1)
 
 
-def _size_bounds(image_sizes: Sequence[tuple[int, int]] | Tensor, like: Tensor) -> Tensor:
-    """[N, 1, 4] = (w, h, w, h) per image in like's dtype and device, with no blocking host-to-device copy."""
-    if isinstance(image_sizes, Tensor):
-        hw = image_sizes.to(device=like.device, dtype=like.dtype)
-    else:
-        rows = [[float(h), float(w)] for h, w in image_sizes]
-        hw = torch.tensor(rows, dtype=like.dtype).reshape(len(rows), 2)
-        if like.device.type == "cuda":  # pinned + non_blocking: an async copy, not a synchronising one
-            hw = hw.pin_memory().to(like.device, non_blocking=True)
-        else:
-            hw = hw.to(like.device)
-    return hw.flip(1).repeat(1, 2)[:, None, :]  # (w, h, w, h); a list index would copy host-to-device and sync
-
-
 def _clip_and_mask(boxes: Tensor, scores: Tensor, image_sizes, min_box_size: float) -> tuple[Tensor, Tensor, Tensor]:
     """(clipped boxes [N, K, 4], finite [N, K], keep [N, K]): keep = finite, and non-empty after clipping."""
     finite = torch.isfinite(boxes).all(dim=2) & torch.isfinite(scores)
-    clipped = torch.minimum(boxes.clamp(min=0), _size_bounds(image_sizes, boxes))  # x in [0, w], y in [0, h]
+    upper = size_bounds(image_sizes, boxes)[:, None, :]  # [N, 1, 4] (w, h, w, h)
+    clipped = torch.minimum(boxes.clamp(min=0), upper)  # x in [0, w], y in [0, h]
     wh = clipped[:, :, 2:] - clipped[:, :, :2]
     keep = finite & (wh > min_box_size).all(dim=2)  # strict: width and height > min_box_size
     return clipped, finite, keep
@@ -213,7 +197,7 @@ def select_proposals_static(proposals: Sequence[Tensor], logits: Sequence[Tensor
     boxes = _gather_rows(proposals, indices)  # [N, K, 4]
     clipped, _, keep = _clip_and_mask(boxes, scores, image_sizes, min_box_size)
     clipped = torch.where(keep[:, :, None], clipped, torch.zeros((), dtype=clipped.dtype, device=clipped.device))
-    keep = _static_nms_per_level(clipped, keep, ks, nms_thresh)  # [N, K]
+    keep = static_nms_per_level(clipped, keep, ks, nms_thresh)  # [N, K]
 
     neg_inf = torch.full((), float("-inf"), dtype=scores.dtype, device=scores.device)
     masked = torch.where(keep, scores, neg_inf)
@@ -233,79 +217,3 @@ def select_proposals_static(proposals: Sequence[Tensor], logits: Sequence[Tensor
         out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(num_images, pad, 4)], dim=1)
         out_scores = torch.cat([out_scores, neg_inf.expand(num_images, pad)], dim=1)
     return out_boxes, out_scores, count
-
-
-# ------------------------------------------------------------------------------------------------ static NMS
-def _static_nms_per_level(boxes: Tensor, valid: Tensor, ks: list[int], nms_thresh: float,
-                          block: int = BLOCK) -> Tensor:
-    """Greedy NMS per (image, level) with fixed shapes: boxes [N, K, 4], valid [N, K] -> keep [N, K].
-
-    Within a level the candidates are already in descending logit order (top-k), so "i before j" is i < j.
-    Levels are padded to a common size and swept together.
-    """
-    n, num_levels = boxes.shape[0], len(ks)
-    k_max = max(ks)
-    if k_max == 0:
-        return valid.clone()
-    kp = math.ceil(k_max / block) * block
-    dtype = boxes.dtype
-    over = torch.zeros(n, num_levels, kp, kp, dtype=torch.bool, device=boxes.device)  # i suppresses j
-    alive = torch.zeros(n, num_levels, kp, dtype=torch.bool, device=boxes.device)
-    before = torch.ones(kp, kp, dtype=torch.bool, device=boxes.device).triu_(diagonal=1)  # i < j
-    exact = dtype in _FLOAT_FORMATS
-    thr = _largest_at_most(nms_thresh, *_FLOAT_FORMATS[dtype]) if exact else nms_thresh
-    start = 0
-    for level, k in enumerate(ks):  # a loop over levels: one dense [N, k, k] IoU each
-        b = boxes[:, start : start + k]  # [N, k, 4]
-        ok = valid[:, start : start + k]  # [N, k]
-        x1, y1, x2, y2 = (b[:, :, c] for c in range(4))
-        area = (x2 - x1) * (y2 - y1)
-        iou = iou_planes(x1[:, :, None], y1[:, :, None], x2[:, :, None], y2[:, :, None], area[:, :, None],
-                         x1[:, None, :], y1[:, None, :], x2[:, None, :], y2[:, None, :], area[:, None, :],
-                         zero_nan=False)  # [N, k, k], the spec's operation order (symmetric bit for bit)
-        above = iou > thr if exact else iou.double() > nms_thresh  # IoU > thr as real numbers
-        over[:, level, :k, :k] = above & ok[:, :, None] & ok[:, None, :]
-        alive[:, level, :k] = ok
-        start += k
-    over &= before
-    keep = _greedy_sweep(over.reshape(n * num_levels, kp, kp), alive.reshape(n * num_levels, kp), block)
-    keep = keep.reshape(n, num_levels, kp)
-    return torch.cat([keep[:, level, :k] for level, k in enumerate(ks)], dim=1)
-
-
-_FLOAT_FORMATS = {torch.float32: (24, -149), torch.float64: (53, -1074)}  # significand bits, smallest exponent
-
-
-def _largest_at_most(thr: float, bits: int, min_exp: int) -> float:
-    """The largest value of a binary float format <= thr (thr >= 0), as a Python float, without tensors.
-
-    Same bound as fast.nms._threshold_in: for x of that format, x > thr (as real numbers) iff x > bound.
-    Pure Python arithmetic, so torch.compile folds it to a constant and no tensor is read on the host.
-    """
-    if thr <= 0.0:
-        return thr
-    _, e = math.frexp(thr)  # thr = m * 2^e with m in [0.5, 1)
-    ulp = math.ldexp(1.0, max(e - bits, min_exp))
-    return math.floor(thr / ulp) * ulp  # exact: thr / ulp and the product are powers-of-two scalings
-
-
-def _greedy_sweep(over: Tensor, alive: Tensor, block: int) -> Tensor:
-    """Exact greedy NMS from a suppression mask: over [M, k, k] (i < j only), alive [M, k] -> keep [M, k].
-
-    keep[j] = alive[j] and no kept i < j has over[i, j]. Rows are settled block by block: inside a block,
-    kb <- max(0, a - kb @ over_block) starting from kb = a reaches the greedy answer after block - 1 rounds
-    (row t is final once rows < t are); the block's kept rows then clear every row they suppress.
-    The 0/1 matrix products count suppressors exactly in float32 (at most k < 2^24).
-    """
-    m, k = alive.shape
-    state = alive.to(torch.float32)  # [M, k]: 1 = not (yet) suppressed
-    for s in range(0, k, block):  # ceil(k / block) blocks, fixed by k
-        e = s + block
-        a = state[:, None, s:e].clone()  # [M, 1, B]: rows of the block not suppressed by earlier blocks
-        inner = over[:, s:e, s:e].to(torch.float32)  # [M, B, B]
-        kb = a
-        for _ in range(block - 1):  # fixed count: no data-dependent exit
-            kb = torch.baddbmm(a, kb, inner, alpha=-1).clamp_(min=0)
-        suppressed = torch.bmm(kb, over[:, s:e, :].to(torch.float32))[:, 0]  # [M, k]
-        state = state.masked_fill(suppressed > 0, 0.0)  # block rows become kb; later rows lose suppressed ones
-    return state > 0

@@ -11,8 +11,8 @@ Same contract and state_dict layout as reference/roi_heads.py (d2-spec §1.5, §
   image * K + class; candidates are clipped after they are selected (only M of the R x K boxes).
 - ``fast_rcnn_inference_static``: the same detections with static shapes and no host synchronisation (CUDA
   graphs, torch.compile): the top ``max_candidates`` (roi, class) pairs per image in the dynamic path's
-  processing order, a dense same-class suppression mask and the exact block sweep of
-  fast.proposals.select_proposals_static.
+  processing order, then ``fast.nms.static_class_nms`` (a dense same-class suppression mask and the exact
+  block sweep that fast.proposals.select_proposals_static uses).
 
 Shape legend: N images; K foreground classes, background is class/column K (the last); P proposals and
 G ground-truth boxes of one image; S sampled ROIs of one image; R ROIs (over the batch, or per image in the
@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fast.boxes import decode_boxes, encode_boxes, iou_planes
+from fast.boxes import decode_boxes, encode_boxes
+from fast.image_list import size_bounds
 from fast.matcher import iou_match
-from fast.nms import batched_nms
+from fast.nms import batched_nms, static_class_nms
 from fast.poolers import multilevel_roi_align
-from fast.proposals import _FLOAT_FORMATS, BLOCK, _greedy_sweep, _largest_at_most
-from fast.rpn import _smooth_l1
+from fast.rpn import smooth_l1
 from fast.sampling import subsample_masks
 from layout import roi_heads as layout
 from spec import validate as v
@@ -156,20 +156,12 @@ def roi_losses(class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, gt_c
     src = torch.where(fg[:, None], proposals.to(dtype), unit)
     tgt = torch.where(fg[:, None], gt_boxes.to(dtype), unit)
     target = encode_boxes(src, tgt, weights).to(pred.dtype)  # [R, 4]; background rows are 0
-    loss = _smooth_l1(pred - target, smooth_l1_beta)
+    loss = smooth_l1(pred - target, smooth_l1_beta)
     loss_box = torch.where(fg[:, None], loss, torch.zeros((), dtype=loss.dtype, device=loss.device)).sum()
     return {"loss_cls": loss_cls, "loss_box_reg": loss_box / max(r, 1)}
 
 
 # ------------------------------------------------------------------------------------------------ inference
-def _sizes_tensor(image_sizes: Sequence | Tensor, like: Tensor) -> Tensor:
-    """[N, 2] (h, w) in like's dtype and device."""
-    if isinstance(image_sizes, Tensor):
-        return image_sizes.to(device=like.device, dtype=like.dtype).reshape(-1, 2)
-    rows = [[float(x) for x in (s.tolist() if isinstance(s, Tensor) else s)] for s in image_sizes]
-    return torch.tensor(rows, dtype=like.dtype).reshape(len(rows), 2).to(like.device)
-
-
 def _check_inference_scalars(score_thresh: float, nms_thresh: float, topk_per_image: int) -> None:
     v.check_threshold(score_thresh, "score_thresh", low=float("-inf"), high=float("inf"))
     v.check_threshold(nms_thresh, "nms_thresh")
@@ -216,7 +208,7 @@ def _inference_flat(boxes: Tensor, scores: Tensor, counts: list[int], image_size
     pairs = cand.nonzero()  # [M, 2] (row, class), row-major: the reference's candidate order
     row, cls = pairs[:, 0], pairs[:, 1]
     cand_scores = fg[row, cls]
-    upper = _sizes_tensor(image_sizes, boxes).flip(1).repeat(1, 2)  # [N, 4] (w, h, w, h), no host index
+    upper = size_bounds(image_sizes, boxes)  # [N, 4] (w, h, w, h)
     cand_img = image[row]
     cand_boxes = torch.minimum(boxes.reshape(num_rows, num_classes, 4)[row, cls].clamp(min=0), upper[cand_img])
     if min_box_size is not None:  # torchvision's remove_small_boxes
@@ -281,7 +273,7 @@ def fast_rcnn_inference_static(boxes: Tensor, scores: Tensor, image_sizes: Tenso
     valid = fg > score_thresh  # [N, R, K]
     if drop_nonfinite:
         valid &= (torch.isfinite(boxes).all(dim=2) & torch.isfinite(scores).all(dim=2))[:, :, None]
-    upper = _sizes_tensor(image_sizes, boxes).flip(1).repeat(1, 2)[:, None, :]  # [N, 1, 4] (w, h, w, h)
+    upper = size_bounds(image_sizes, boxes)[:, None, :]  # [N, 1, 4] (w, h, w, h)
     clipped = boxes.reshape(n, r * k, 4)
     clipped = torch.where(valid.reshape(n, r * k, 1), clipped, torch.zeros((), dtype=dtype, device=device))
     clipped = torch.minimum(clipped.clamp(min=0), upper)  # [N, R*K, 4]
@@ -296,7 +288,7 @@ def fast_rcnn_inference_static(boxes: Tensor, scores: Tensor, image_sizes: Tenso
     cand_boxes = clipped.gather(1, order[:, :, None].expand(n, m, 4))
     cand_cls = order % k
 
-    keep = _static_class_nms(cand_boxes, cand_cls, cand_valid, nms_thresh)  # [N, M]
+    keep = static_class_nms(cand_boxes, cand_cls, cand_valid, nms_thresh)  # [N, M]
     rank = torch.cumsum(keep, dim=1) - 1
     take = keep & (rank < t)
     slot = torch.where(take, rank, t)  # slot t collects everything not taken and is dropped
@@ -308,30 +300,6 @@ def fast_rcnn_inference_static(boxes: Tensor, scores: Tensor, image_sizes: Tenso
     zero = torch.zeros((), dtype=dtype, device=device)
     return (torch.where(filled[:, :, None], out_boxes, zero), torch.where(filled, out_scores, zero.to(fg.dtype)),
             torch.where(filled, out_cls, -1), count)
-
-
-def _static_class_nms(boxes: Tensor, classes: Tensor, valid: Tensor, nms_thresh: float) -> Tensor:
-    """Greedy same-class NMS of score-ranked candidates: boxes [N, M, 4], classes / valid [N, M] -> keep [N, M].
-
-    Candidate i suppresses a later j (i < j) of its class when IoU > nms_thresh (as real numbers), both valid;
-    resolved by fast.proposals' fixed-count block sweep.
-    """
-    n, m = valid.shape
-    if m == 0:
-        return valid.clone()
-    x1, y1, x2, y2 = boxes.unbind(2)
-    area = (x2 - x1) * (y2 - y1)
-    iou = iou_planes(x1[:, :, None], y1[:, :, None], x2[:, :, None], y2[:, :, None], area[:, :, None],
-                     x1[:, None, :], y1[:, None, :], x2[:, None, :], y2[:, None, :], area[:, None, :],
-                     zero_nan=False)  # [N, M, M], the spec's operation order (as fast.batched_nms)
-    if boxes.dtype in _FLOAT_FORMATS:
-        over = iou > _largest_at_most(nms_thresh, *_FLOAT_FORMATS[boxes.dtype])
-    else:
-        over = iou.double() > nms_thresh
-    over &= classes[:, :, None] == classes[:, None, :]
-    over &= valid[:, :, None] & valid[:, None, :]
-    over &= torch.ones(m, m, dtype=torch.bool, device=boxes.device).triu_(diagonal=1)
-    return _greedy_sweep(over, valid, BLOCK)
 
 
 def detector_postprocess(boxes: Tensor, input_size: tuple[int, int],

@@ -111,7 +111,8 @@ def rpn_targets(anchors: Tensor, gt_boxes: Sequence[Tensor], *,
     return out_labels, out_boxes
 
 
-def _smooth_l1(x: Tensor, beta: float) -> Tensor:
+def smooth_l1(x: Tensor, beta: float) -> Tensor:
+    """fvcore's smooth-L1 of a difference x (as reference.rpn.smooth_l1); the RPN's and the ROI heads' box loss."""
     if beta < 1e-5:  # fvcore: plain L1
         return x.abs()
     n = x.abs()
@@ -146,7 +147,7 @@ def rpn_losses(anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt_lab
     target_boxes = torch.where(positive[:, :, None], gt_boxes.to(a.dtype), a)
     with v.value_checks(False):  # shapes checked above; a value scan would be a host sync
         targets = encode_boxes(a.reshape(-1, 4), target_boxes.reshape(-1, 4), weights).reshape(n, r, 4)
-    loc = _smooth_l1(pred_deltas - targets.to(pred_deltas.dtype), smooth_l1_beta)
+    loc = smooth_l1(pred_deltas - targets.to(pred_deltas.dtype), smooth_l1_beta)
     loss_loc = torch.where(positive[:, :, None], loc, zero.to(loc.dtype)).sum()
     return {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer}
 

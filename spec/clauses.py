@@ -6,11 +6,27 @@ A clause that no test checks yet is reported as "untested", never silently dropp
 IDs are ``AREA.NAME``. ``source`` cites the seed (``seed RPN part N``), the detectron2 note
 (``d2-spec §x``, i.e. spec/text/detectron2.md) or a detectron2 file. ``components`` names the
 contract functions a port needs for the clause (see ``spec.contract``).
+
+A clause that states a configurable number names its field and shows the value read from ``spec.config`` at
+registration (``config_field``: "NMS at RPNConfig.nms_thresh (0.7 in both profiles)"), so the text cannot drift
+from the config. Worked examples and measured known values (the 3x4 matcher example, 111.99 -> P2) stay literal.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from spec.config import (
+    BASE_RCNN_FPN,
+    PARAMETER_COUNTS,
+    PROFILES,
+    SCALE_CLAMP,
+    TORCHVISION,
+    TV_BATCHED_NMS_LOOP_ABOVE,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,57 @@ def get_clause(id: str) -> Clause:
         raise KeyError(f"unknown clause {id!r}; registered areas: {areas}") from None
 
 
+# ------------------------------------------------------------------------------------------------ config numbers
+def value_text(value: Any) -> str:
+    """A config value as a clause states it: 0.7, 1e-05, 2000, 23,454,912, (0.3, 0.7), 64/128/256/512 (a dict)."""
+    if isinstance(value, (bool, str)) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, dict):
+        return "/".join(value_text(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(value_text(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return str(value)
+
+
+def _read(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def config_field(path: str, profiles: Sequence[str] = tuple(PROFILES), note: str = "") -> str:
+    """'rpn.nms_thresh' -> 'RPNConfig.nms_thresh (0.7 in both profiles)': the field of a FasterRCNNConfig and
+    its value in each named profile, read from spec.config now ('(1000 detectron2, 2000 torchvision)' where
+    they differ); a note is added inside the parentheses after '; '."""
+    section = path.split(".", 1)[0]
+    owner = type(getattr(BASE_RCNN_FPN, section)).__name__
+    values = {name: value_text(_read(PROFILES[name], path)) for name in profiles}
+    if len(set(values.values())) == 1:
+        only = next(iter(values.values()))
+        if len(profiles) == len(PROFILES):
+            where = " in both profiles" if len(PROFILES) == 2 else " in every profile"
+        else:
+            where = " in the " + ", ".join(profiles) + " profile" + ("s" if len(profiles) > 1 else "")
+        shown = only + where
+    else:
+        shown = ", ".join(f"{v} {name}" for name, v in values.items())
+    return f"{owner}.{path.split('.', 1)[1]} ({shown}{'; ' + note if note else ''})"
+
+
+def parameter_count(name: str) -> str:
+    """'fpn' -> 'ParameterCounts.fpn (3,344,384)'."""
+    return f"ParameterCounts.{name} ({value_text(getattr(PARAMETER_COUNTS, name))})"
+
+
+_F = config_field
+_D2, _TV = BASE_RCNN_FPN, TORCHVISION
+
+
 # ------------------------------------------------------------------------------------------------ boxes
 register("BOX.IOU_NO_PLUS_ONE", "IoU uses width = x2 - x1 and height = y2 - y1, with no +1", "d2-spec §2.4",
          ("pairwise_iou",))
@@ -61,8 +128,13 @@ register("BOX.ENCODE", "encode gives dx = wx(cx_t-cx_s)/w_s, dy = wy(cy_t-cy_s)/
          "dh = wh ln(h_t/h_s)", "d2-spec §2.7", ("encode_boxes",))
 register("BOX.DECODE_INVERSE", "decode(encode(t)) == t while |dw|, |dh| stay within the clamp", "d2-spec §2.7",
          ("encode_boxes", "decode_boxes"))
-register("BOX.DECODE_CLAMP", "decode clamps dw and dh from above only, at log(1000/16); dx, dy are not clamped",
-         "d2-spec §2.7", ("decode_boxes",))
+_CLAMPS = {p.rpn.box_coder.scale_clamp for p in PROFILES.values()} | {p.box_head.box_coder.scale_clamp
+                                                                      for p in PROFILES.values()}
+_CLAMP_TEXT = (f"SCALE_CLAMP = log({value_text(math.exp(SCALE_CLAMP))}) = {SCALE_CLAMP:.6g} for both heads in both "
+               "profiles" if _CLAMPS == {SCALE_CLAMP} else
+               f"{_F('rpn.box_coder.scale_clamp')}, {_F('box_head.box_coder.scale_clamp')}")
+register("BOX.DECODE_CLAMP", f"decode clamps dw and dh from above only, at BoxCoderConfig.scale_clamp ({_CLAMP_TEXT}); "
+         "dx, dy are not clamped", "d2-spec §2.7", ("decode_boxes",))
 register("BOX.DECODE_INTERLEAVED", "decode of [N, 4K] deltas is class-interleaved: columns 4c..4c+3 are class c",
          "d2-spec §2.7", ("decode_boxes",))
 register("BOX.EMPTY", "empty box sets are valid: IoU of [0,4] x [M,4] is [0,M]; area, clip, nonempty, encode "
@@ -71,12 +143,14 @@ register("BOX.EMPTY", "empty box sets are valid: IoU of [0,4] x [M,4] is [0,M]; 
 register("BOX.ERRORS", "bad input (not a tensor, integer dtype, wrong shape, NaN/inf, x2 < x1, zero-size "
          "encode source, mismatched rows) raises TypeError/ValueError naming the argument",
          "DESIGN.md conventions", ("pairwise_iou", "clip_boxes", "encode_boxes", "decode_boxes"))
-register("BOX.WEIGHTS", "RPN box weights are (1, 1, 1, 1); the box head's are (10, 10, 5, 5)", "d2-spec §1.4, §1.5",
-         ("encode_boxes",))
+register("BOX.WEIGHTS", f"RPN box weights are {_F('rpn.box_coder.weights')}; the box head's are "
+         f"{_F('box_head.box_coder.weights')}", "d2-spec §1.4, §1.5", ("encode_boxes",))
 
 # ------------------------------------------------------------------------------------------------ anchors
-register("ANCHOR.CELL_COUNT", "15 cell anchors = 3 aspect ratios x 5 levels (P2-P6)", "seed RPN part 2",
-         ("cell_anchors",))
+register("ANCHOR.CELL_COUNT", f"AnchorConfig.num_cell_anchors ({_D2.anchors.num_cell_anchors}) cell anchors = "
+         f"{len(_D2.anchors.aspect_ratios[0])} aspect ratios (AnchorConfig.aspect_ratios) x {len(_D2.anchors.sizes)} "
+         f"levels ({_D2.rpn.in_features[0].upper()}-{_D2.rpn.in_features[-1].upper()}), in both profiles",
+         "seed RPN part 2", ("cell_anchors",))
 register("ANCHOR.CELL_SHAPE", "a cell anchor of size s and ratio a = h/w has w = sqrt(s^2/a), h = a*w, "
          "centred at 0; area is exactly s^2", "d2-spec §2.3", ("cell_anchors",))
 register("ANCHOR.CELL_ORDER", "cell anchors are ordered size-major, then ratio (0.5, 1, 2)", "d2-spec §2.3",
@@ -84,7 +158,8 @@ register("ANCHOR.CELL_ORDER", "cell anchors are ordered size-major, then ratio (
 register("ANCHOR.CELL_ROUNDING", "the detectron2 profile does not round cell anchors; the torchvision profile "
          "rounds them to integers (halves to even, as torch.round)", "d2-spec §2.3; torchvision anchor_utils",
          ("cell_anchors",))
-register("ANCHOR.PER_LEVEL_COUNT", "each level has 3 * H * W anchors (one per ratio at every grid point)",
+register("ANCHOR.PER_LEVEL_COUNT", f"each level has AnchorConfig.anchors_per_location "
+         f"({_D2.anchors.anchors_per_location} in both profiles) * H * W anchors (one per ratio at every grid point)",
          "seed RPN part 2", ("grid_anchors",))
 register("ANCHOR.GRID_ORDER", "anchors are flattened in level, y, x, anchor order", "d2-spec §2.3",
          ("grid_anchors",))
@@ -96,13 +171,15 @@ register("ANCHOR.TOTAL_800X1216", "an 800x1216 input gives 60800/15200/3800/950/
          "d2-spec §3", ("grid_anchors",))
 
 # ------------------------------------------------------------------------------------------------ matcher
-register("MATCH.THRESHOLDS", "RPN matching: IoU >= 0.7 -> 1 (foreground), < 0.3 -> 0 (background), "
-         "otherwise -1 (ignored)", "seed RPN part 3; defaults.py RPN.IOU_THRESHOLDS", ("match",))
+register("MATCH.THRESHOLDS", f"RPN matching at {_F('rpn.iou_thresholds')} with {_F('rpn.iou_labels')}: "
+         f"IoU >= {value_text(_D2.rpn.iou_thresholds[1])} -> {_D2.rpn.iou_labels[2]} (foreground), "
+         f"< {value_text(_D2.rpn.iou_thresholds[0])} -> {_D2.rpn.iou_labels[0]} (background), "
+         f"otherwise {_D2.rpn.iou_labels[1]} (ignored)", "seed RPN part 3; defaults.py RPN.IOU_THRESHOLDS", ("match",))
 register("MATCH.HALF_OPEN", "label intervals are half-open [low, high): a value equal to a threshold takes the "
          "upper label; the comparison is in the quality tensor's dtype (float32(0.7) >= 0.7 in float32)",
          "d2-spec §2.5; matcher.py", ("match",))
-register("MATCH.CONFIGURABLE", "thresholds and labels are parameters (ROI heads: 0.5 with labels 0/1)",
-         "d2-spec §1.5", ("match",))
+register("MATCH.CONFIGURABLE", f"thresholds and labels are parameters (ROI heads: {_F('roi_heads.iou_thresholds')} "
+         f"with {_F('roi_heads.iou_labels')})", "d2-spec §1.5", ("match",))
 register("MATCH.ARGMAX", "each prediction is matched to the GT with the highest quality", "d2-spec §2.5",
          ("match",))
 register("MATCH.LOW_QUALITY", "allow_low_quality_matches labels 1 every prediction that ties (exactly) a GT's "
@@ -122,10 +199,10 @@ register("SAMPLE.COUNTS", "num_pos = min(#pos, int(num_samples * positive_fracti
          "num_neg = min(#neg, num_samples - num_pos)", "d2-spec §2.6", ("subsample_labels",))
 register("SAMPLE.POOLS", "positives are labels not in {-1, bg_label}; negatives equal bg_label; each index is "
          "drawn at most once", "d2-spec §2.6", ("subsample_labels",))
-register("SAMPLE.RPN", "RPN samples 256 anchors per image with at most half positive", "d2-spec §1.4",
-         ("subsample_labels",))
-register("SAMPLE.ROI", "ROI heads sample 512 proposals per image with at most 25% foreground", "d2-spec §1.5",
-         ("subsample_labels",))
+register("SAMPLE.RPN", f"RPN samples {_F('rpn.batch_size_per_image')} anchors per image with at most a fraction "
+         f"{_F('rpn.positive_fraction')} positive", "d2-spec §1.4", ("subsample_labels",))
+register("SAMPLE.ROI", f"ROI heads sample {_F('roi_heads.batch_size_per_image')} proposals per image with at most "
+         f"a fraction {_F('roi_heads.positive_fraction')} foreground", "d2-spec §1.5", ("subsample_labels",))
 register("SAMPLE.ERRORS", "bad input (float or 2-D labels, negative num_samples, fraction outside [0, 1], a "
          "generator that is not a torch.Generator) raises TypeError/ValueError", "DESIGN.md conventions",
          ("subsample_labels",))
@@ -147,79 +224,102 @@ register("NMS.BATCHED", "batched_nms runs NMS independently per group and merges
          "d2-spec §2.14", ("batched_nms",))
 
 # ------------------------------------------------------------------------------------------------ backbone (issue 3)
-register("INPUT.PADDING", "images are padded bottom/right with pad_value to a multiple of 32 (the stride of "
-         "res5); the unpadded sizes are kept", "d2-spec §1.1; structures/image_list.py", ("pad_images",))
-register("RESNET.STEM", "the stem is a 7x7/2 conv 3->64 without bias, FrozenBN, ReLU and a 3x3/2 max-pool "
-         "(padding 1)", "d2-spec §2.1", ("ResNet",))
-register("RESNET.STAGES", "bottleneck stages of [3, 4, 6, 3] blocks, widths 64/128/256/512, outputs "
-         "256/512/1024/2048, no conv bias, projection shortcut on each stage's first block", "d2-spec §2.1",
-         ("ResNet",))
-register("RESNET.FROZEN_BN", "FrozenBatchNorm2d: y = (x - mean) * w / sqrt(var + 1e-5) + b with buffers only; "
-         "a fresh layer is the identity", "d2-spec §2.1; layers/batch_norm.py", ("ResNet",))
+register("INPUT.PADDING", "images are padded bottom/right with pad_value to a multiple of "
+         f"{_F('input.size_divisibility', note='the stride of res5')}; the unpadded sizes are kept",
+         "d2-spec §1.1; structures/image_list.py", ("pad_images",))
+_SK, _SS, _SP = _D2.resnet.stem_conv
+_PK, _PS, _PP = _D2.resnet.stem_pool
+register("RESNET.STEM", f"the stem is a {_SK}x{_SK}/{_SS} conv (padding {_SP}) 3->{_D2.resnet.stem_out_channels} "
+         f"without bias, FrozenBN, ReLU and a {_PK}x{_PK}/{_PS} max-pool (padding {_PP}) ({_F('resnet.stem_conv')} "
+         f"and {_F('resnet.stem_pool')} as (kernel, stride, padding), {_F('resnet.stem_out_channels')})",
+         "d2-spec §2.1", ("ResNet",))
+register("RESNET.STAGES", f"bottleneck stages of {_F('resnet.blocks_per_stage')} blocks, widths "
+         f"{_F('resnet.stage_bottleneck_channels')}, outputs {_F('resnet.stage_out_channels')}, no conv bias, "
+         "projection shortcut on each stage's first block", "d2-spec §2.1", ("ResNet",))
+register("RESNET.FROZEN_BN", "FrozenBatchNorm2d: y = (x - mean) * w / sqrt(var + eps) + b, eps = "
+         f"{_F('resnet.frozen_bn_eps')}, with buffers only; a fresh layer is the identity",
+         "d2-spec §2.1; layers/batch_norm.py", ("ResNet",))
 register("RESNET.STRIDE_IN_1X1", "the detectron2 profile puts a block's stride on its first 1x1 conv; the "
          "torchvision profile on the 3x3 conv", "d2-spec §1.2, §6 item 5", ("ResNet",))
-register("RESNET.FREEZE_AT", "freeze_at = 2: the stem and res2 have requires_grad False", "d2-spec §1.2",
+register("RESNET.FREEZE_AT", f"{_F('resnet.freeze_at')}: the stem and "
+         f"{', '.join(_D2.resnet.stage_names[:_D2.resnet.freeze_at - 1])} have requires_grad False", "d2-spec §1.2",
          ("ResNet",))
-register("RESNET.OUTPUTS", "outputs res2..res5 at strides 4, 8, 16, 32 (H/4 .. H/32 for a 32-divisible input)",
+_RES_STRIDES = [_D2.resnet.stem_stride * _D2.resnet.stage_downsample ** i for i in range(len(_D2.resnet.stage_names))]
+register("RESNET.OUTPUTS", f"outputs {_D2.resnet.stage_names[0]}..{_D2.resnet.stage_names[-1]} at strides "
+         f"{', '.join(map(str, _RES_STRIDES))} (ResNetConfig.stem_stride x ResNetConfig.stage_downsample^i; "
+         f"H/{_RES_STRIDES[0]} .. H/{_RES_STRIDES[-1]} for a {_RES_STRIDES[-1]}-divisible input)",
          "d2-spec §2.1", ("ResNet",))
-register("RESNET.PARAMS", "ResNet-50's convs have 23,454,912 parameters", "d2-spec §3", ("ResNet",))
+register("RESNET.PARAMS", f"ResNet-50's convs have {parameter_count('resnet50_convs')} parameters", "d2-spec §3",
+         ("ResNet",))
 register("RESNET.TORCHVISION", "in the torchvision profile, with copied weights, the body equals torchvision's "
          "resnet50 (eval mode) layer1..layer4", "torchvision resnet50", ("ResNet",))
-register("FPN.CONVS", "lateral 1x1 and output 3x3 convs, both with bias, 256 channels", "d2-spec §2.2",
-         ("FPN",))
-register("FPN.TOP_DOWN", "the top-down pass adds nearest x2 upsampling of the pre-output sums to each lateral",
+register("FPN.CONVS", f"lateral {_D2.fpn.lateral_conv[0]}x{_D2.fpn.lateral_conv[0]} and output "
+         f"{_D2.fpn.output_conv[0]}x{_D2.fpn.output_conv[0]} convs ({_F('fpn.lateral_conv')}, "
+         f"{_F('fpn.output_conv')} = (kernel, padding)), both with bias, {_F('fpn.out_channels')} channels",
          "d2-spec §2.2", ("FPN",))
-register("FPN.P6", "P6 = P5 subsampled with stride 2 (max-pool kernel 1): ceil(H5/2) x ceil(W5/2)",
+register("FPN.TOP_DOWN", f"the top-down pass adds {_D2.fpn.upsample_mode} x{_D2.fpn.upsample} upsampling "
+         f"({_F('fpn.upsample_mode')}, {_F('fpn.upsample')}) of the pre-output sums to each lateral",
+         "d2-spec §2.2", ("FPN",))
+_P6_KERNEL, _P6_STRIDE, _ = _D2.fpn.top_block_pool
+register("FPN.P6", f"P6 = P5 subsampled with stride {_P6_STRIDE} (max-pool kernel {_P6_KERNEL}; "
+         f"{_F('fpn.top_block_pool')} = (kernel, stride, padding)): ceil(H5/{_P6_STRIDE}) x ceil(W5/{_P6_STRIDE})",
          "d2-spec §1.2, §2.2", ("FPN",))
-register("FPN.STRIDES", "P2..P6 have 256 channels at strides 4, 8, 16, 32, 64", "d2-spec §1.2",
-         ("ResNet", "FPN"))
-register("FPN.PARAMS", "the FPN has 3,344,384 parameters", "d2-spec §3", ("FPN",))
+register("FPN.STRIDES", f"P2..P6 have {_F('fpn.out_channels')} channels at strides {_F('fpn.strides')}",
+         "d2-spec §1.2", ("ResNet", "FPN"))
+register("FPN.PARAMS", f"the FPN has {parameter_count('fpn')} parameters", "d2-spec §3", ("FPN",))
 register("FPN.TORCHVISION", "with copied weights the FPN equals torchvision's FeaturePyramidNetwork with "
          "LastLevelMaxPool", "torchvision ops/feature_pyramid_network.py", ("FPN",))
 register("FPN.ERRORS", "features with missing levels, wrong channel counts or sizes that do not halve level "
          "to level raise ValueError", "DESIGN.md conventions", ("FPN",))
 
 # ------------------------------------------------------------------------------------------------ RPN (issue 3)
-register("RPN.HEAD", "the RPN head is a 3x3 256->256 conv with ReLU, a 1x1 conv to 3 objectness logits and a "
-         "1x1 conv to 12 deltas", "seed RPN part 1", ("RPNHead",))
-register("RPN.HEAD_PARAMS", "the RPN head has 593,935 parameters", "d2-spec §3", ("RPNHead",))
+_A = _D2.anchors.anchors_per_location
+register("RPN.HEAD", f"the RPN head is a 3x3 C->C conv (C = {_F('fpn.out_channels')}; {_F('rpn.head_conv_dims')}, "
+         f"-1 = C) with ReLU, a 1x1 conv to A objectness logits and a 1x1 conv to 4A deltas (A = "
+         f"AnchorConfig.anchors_per_location: {_A} logits, {4 * _A} deltas)", "seed RPN part 1", ("RPNHead",))
+register("RPN.HEAD_PARAMS", f"the RPN head has {parameter_count('rpn_head')} parameters", "d2-spec §3",
+         ("RPNHead",))
 register("RPN.OUTPUT_ORDER", "head outputs are flattened in level, y, x, anchor order; delta channel a*4+j is "
          "coordinate j of anchor a", "d2-spec §2.3", ("RPNHead",))
-register("RPN.MATCHING", "anchors are labelled by the matcher at 0.3/0.7 with labels 0/-1/1 and low-quality "
-         "matches; anchors crossing the border are kept", "d2-spec §1.4, §2.8", ("rpn_targets",))
-register("RPN.SAMPLING", "256 anchors per image are sampled, at most half positive; the rest are -1",
-         "d2-spec §2.8", ("rpn_targets",))
+register("RPN.MATCHING", f"anchors are labelled by the matcher at {_F('rpn.iou_thresholds')} with "
+         f"{_F('rpn.iou_labels')} and low-quality matches; anchors crossing the border are kept",
+         "d2-spec §1.4, §2.8", ("rpn_targets",))
+register("RPN.SAMPLING", f"{_F('rpn.batch_size_per_image')} anchors per image are sampled, at most a fraction "
+         f"{_F('rpn.positive_fraction')} positive; the rest are -1", "d2-spec §2.8", ("rpn_targets",))
 register("RPN.TARGET_BOXES", "each anchor's target is its matched GT box; regression targets use weights "
-         "(1, 1, 1, 1)", "d2-spec §2.8", ("rpn_targets", "rpn_losses"))
+         f"{_F('rpn.box_coder.weights')}", "d2-spec §2.8", ("rpn_targets", "rpn_losses"))
 register("RPN.NO_GT", "an image without GT has every anchor negative before sampling", "d2-spec §2.8",
          ("rpn_targets",))
-register("RPN.LOSS_NORMALIZER", "both RPN losses are divided by 256 x the number of images",
-         "d2-spec §2.8", ("rpn_losses",))
+register("RPN.LOSS_NORMALIZER", f"both RPN losses are divided by {_F('rpn.batch_size_per_image')} x the number "
+         "of images", "d2-spec §2.8", ("rpn_losses",))
 register("RPN.LOSS_CLS", "objectness loss is BCE-with-logits over anchors labelled 0 or 1 only", "d2-spec §2.8",
          ("rpn_losses",))
-register("RPN.LOSS_LOC", "localization loss is L1 (smooth-L1, beta 0) over foreground anchors only",
-         "d2-spec §2.8", ("rpn_losses",))
+register("RPN.LOSS_LOC", f"localization loss is smooth-L1 with beta {_F('rpn.smooth_l1_beta', note='beta 0 is L1')} "
+         "over foreground anchors only", "d2-spec §2.8", ("rpn_losses",))
 register("RPN.ERRORS", "feature maps whose count, channels or batch size do not match, and GT boxes that are "
          "not finite, raise ValueError", "DESIGN.md conventions", ("RPNHead", "rpn_targets"))
-register("PROPOSAL.PRE_NMS_TOPK", "the top 1000 (test) / 2000 (train) anchors by logit are taken per level",
-         "d2-spec §2.9", ("select_proposals",))
+register("PROPOSAL.PRE_NMS_TOPK", f"the top {_F('rpn.pre_nms_topk_test')} anchors by logit at test time "
+         f"({_F('rpn.pre_nms_topk_train')} in training) are taken per level", "d2-spec §2.9",
+         ("select_proposals",))
 register("PROPOSAL.NONFINITE", "non-finite boxes or logits are dropped at test time; in training they raise "
          "FloatingPointError", "d2-spec §2.9", ("select_proposals",))
 register("PROPOSAL.CLIP_FILTER", "boxes are clipped to the unpadded image size and empty ones (side <= min "
          "size) removed before NMS", "d2-spec §2.9", ("select_proposals",))
-register("PROPOSAL.NMS_PER_LEVEL", "proposal NMS at 0.7 runs independently per level", "d2-spec §2.9",
-         ("select_proposals",))
+register("PROPOSAL.NMS_PER_LEVEL", f"proposal NMS at {_F('rpn.nms_thresh')} runs independently per level",
+         "d2-spec §2.9", ("select_proposals",))
 register("PROPOSAL.ERRORS", "mismatched level lists, boxes without 4 coordinates, a batch size that differs "
          "between levels or from the number of image sizes, and no levels at all raise ValueError",
          "DESIGN.md conventions", ("select_proposals",))
-register("PROPOSAL.POST_NMS_TOPK", "at most 1000 proposals per image are kept, sorted by logit, which is "
-         "returned raw", "seed RPN part 4; d2-spec §2.9", ("select_proposals",))
+register("PROPOSAL.POST_NMS_TOPK", f"at most {_F('rpn.post_nms_topk_test')} proposals per image are kept at test "
+         f"time ({_F('rpn.post_nms_topk_train')} in training), sorted by logit, which is returned raw",
+         "seed RPN part 4; d2-spec §2.9", ("select_proposals",))
 register("PROPOSAL.TORCHVISION_RANKING", "with rank_by='sigmoid' (the torchvision profile) the per-level "
          "top-k still takes raw logits, but the score_thresh filter (>=), NMS and the kept order use p = "
          "sigmoid(logit) in the logit's dtype (float32: exactly 1.0 above a logit of ~16.6), and logits are "
          "returned raw. Tied p are ordered as torchvision's CPU batched_nms orders them: each level's NMS visits "
          "them in candidate order (level, top-k rank), so it keeps the same boxes as ranking by logit; an image "
-         "with at most 1000 candidates entering NMS lists the kept ones by p, ties in candidate order; with more, "
+         f"with at most TV_BATCHED_NMS_LOOP_ABOVE ({TV_BATCHED_NMS_LOOP_ABOVE}) candidates entering NMS lists the kept "
+         "ones by p, ties in candidate order; with more, "
          "the kept candidates taken in candidate order are sorted by p with torch.sort(descending=True, "
          "stable=False) on CPU, whose tie order (libstdc++ std::sort, not stable) is the one torchvision gets; "
          "then the first post_nms_topk are kept (detspec computes this CPU order on every device). Equal to "
@@ -231,16 +331,23 @@ register("PROPOSAL.TORCHVISION_RANKING", "with rank_by='sigmoid' (the torchvisio
          ("select_proposals",))
 
 # ------------------------------------------------------------------------------------------------ ROI (issue 4)
-register("ROI.LEVELS", "ROIs are pooled from P2-P5 only; P6 is never pooled", "Base-RCNN-FPN.yaml ROI_HEADS",
+_UNPOOLED = [f.upper() for f in _D2.fpn.out_features if f not in _D2.roi_heads.in_features]
+register("ROI.LEVELS", f"ROIs are pooled from {_F('roi_heads.in_features')} only; {', '.join(_UNPOOLED)} "
+         f"{'is' if len(_UNPOOLED) == 1 else 'are'} never pooled", "Base-RCNN-FPN.yaml ROI_HEADS",
          ("assign_levels",))
-register("ROI.LEVEL_FORMULA", "level = floor(4 + log2(sqrt(area)/224 + 1e-8)) clamped to [2, 5]: 111.99 -> P2, "
-         "112 -> P3, 224 -> P4, 448 -> P5, 1000 -> P5", "d2-spec §2.11, §3 level assignment", ("assign_levels",))
-register("ROI.LEVEL_EPS_TORCHVISION", "the torchvision profile adds its 1e-6 outside the log2",
-         "torchvision ops/poolers.py LevelMapper", ("assign_levels",))
+_R = _D2.roi_heads
+register("ROI.LEVEL_FORMULA", f"level = floor({_R.canonical_level} + "
+         f"log2(sqrt(area)/{value_text(_R.canonical_box_size)} + {value_text(_R.level_eps)})) clamped to "
+         f"[{_R.min_level}, {_R.max_level}] (ROIHeadsConfig."
+         "canonical_level, canonical_box_size, level_eps, min_level, max_level of the detectron2 profile): 111.99 -> "
+         "P2, 112 -> P3, 224 -> P4, 448 -> P5, 1000 -> P5", "d2-spec §2.11, §3 level assignment", ("assign_levels",))
+register("ROI.LEVEL_EPS_TORCHVISION", f"the torchvision profile adds its "
+         f"{_F('roi_heads.level_eps', ('torchvision',))} outside the log2 (ROIHeadsConfig.level_eps_in_log "
+         f"{_TV.roi_heads.level_eps_in_log})", "torchvision ops/poolers.py LevelMapper", ("assign_levels",))
 register("ROI.ALIGN_KNOWN", "ROIAlign on the 5x5 ramp, box (1, 1, 3, 3), 4x4 output, gives detectron2's known "
          "values with aligned True and False", "d2-spec §3 ROIAlign [T]", ("roi_align",))
 register("ROI.ALIGN_EMPTY", "an empty ROI pools exactly 0 (adaptive grid of 0 samples); an empty set of ROIs "
-         "gives [0, C, 7, 7]", "d2-spec §2.11 item 6", ("roi_align",))
+         f"gives [0, C, r, r] (r = {_F('box_head.pooler_resolution')})", "d2-spec §2.11 item 6", ("roi_align",))
 register("ROI.ALIGN_OUT_OF_RANGE", "samples beyond one pixel outside the map contribute 0 but count in the "
          "average; samples inside are clamped to the border", "d2-spec §2.11 item 5", ("roi_align",))
 register("ROI.ALIGN_SAMPLING", "sampling_ratio 0 uses ceil(roi size / output size) samples per bin; a positive "
@@ -255,26 +362,34 @@ register("ROI.POOLER_LEVELS", "each ROI is pooled from the level assign_levels g
          ("multilevel_roi_align",))
 register("ROI.SAMPLE_APPEND_GT", "in training the GT boxes are appended after the proposals", "d2-spec §2.10",
          ("sample_rois",))
-register("ROI.SAMPLE_MATCH", "proposals match GT at IoU 0.5 without low-quality matches; matched proposals "
-         "take the GT class and box, the others the background class K", "d2-spec §2.10", ("sample_rois",))
-register("ROI.SAMPLE_COUNT", "at most 512 ROIs per image, at most 25% (128) foreground, foreground first",
+register("ROI.SAMPLE_MATCH", f"proposals match GT at IoU {_F('roi_heads.iou_thresholds')} without low-quality "
+         "matches; matched proposals take the GT class and box, the others the background class K", "d2-spec §2.10",
+         ("sample_rois",))
+_ROI_FG = int(_D2.roi_heads.batch_size_per_image * _D2.roi_heads.positive_fraction)
+register("ROI.SAMPLE_COUNT", f"at most {_F('roi_heads.batch_size_per_image')} ROIs per image, at most a fraction "
+         f"{_F('roi_heads.positive_fraction', note=f'{_ROI_FG} ROIs')} foreground, foreground first",
          "d2-spec §2.10", ("sample_rois",))
-register("ROI.BOX_HEAD", "the box head flattens (256, 7, 7) channel-major to 12544, then FC 12544->1024 + ReLU "
-         "and FC 1024->1024 + ReLU", "d2-spec §2.12", ("BoxHead",))
+_C, _RES, _FC = _D2.fpn.out_channels, _D2.box_head.pooler_resolution, _D2.box_head.fc_dim
+_FCS = [_C * _RES * _RES] + [_FC] * _D2.box_head.num_fc
+register("ROI.BOX_HEAD", f"the box head flattens ({_C}, {_RES}, {_RES}) channel-major to {_FCS[0]}, then "
+         + " and ".join(f"FC {i}->{o} + ReLU" for i, o in zip(_FCS, _FCS[1:]))
+         + f" ({_F('box_head.num_fc')}, {_F('box_head.fc_dim')})", "d2-spec §2.12", ("BoxHead",))
 register("ROI.PREDICTOR", "the predictor gives K+1 class logits (background last) and 4K class-specific deltas "
          "(row 4c + j)", "d2-spec §2.12", ("BoxPredictor",))
-register("ROI.HEAD_PARAMS", "box head + predictor have 14,306,705 parameters for 80 classes", "d2-spec §3",
-         ("BoxHead", "BoxPredictor"))
+register("ROI.HEAD_PARAMS", f"box head + predictor have {parameter_count('box_head_and_predictor')} parameters for "
+         f"{_D2.roi_heads.num_classes} classes", "d2-spec §3", ("BoxHead", "BoxPredictor"))
 register("ROI.LOSS_CLS", "loss_cls is the mean softmax cross-entropy over all sampled ROIs, background "
          "included; 0 without ROIs", "d2-spec §2.12", ("roi_losses",))
-register("ROI.LOSS_BOX", "loss_box_reg is L1 on the GT class's delta slot (weights 10, 10, 5, 5) over "
-         "foreground ROIs, divided by max(number sampled, 1)", "d2-spec §2.12", ("roi_losses",))
-register("ROI.INFER_THRESH", "inference keeps (ROI, class) pairs with score > 0.05 (strict), never the "
-         "background class", "d2-spec §2.13", ("fast_rcnn_inference",))
-register("ROI.INFER_NMS", "inference runs NMS at 0.5 per class, so boxes of different classes never suppress "
-         "each other", "d2-spec §2.13", ("fast_rcnn_inference",))
-register("ROI.INFER_TOPK", "at most 100 detections per image, sorted by score descending",
-         "d2-spec §2.13", ("fast_rcnn_inference",))
+register("ROI.LOSS_BOX", f"loss_box_reg is smooth-L1 with beta {_F('box_head.smooth_l1_beta', note='beta 0 is L1')} "
+         f"on the GT class's delta slot (weights {_F('box_head.box_coder.weights')}) over foreground ROIs, divided "
+         "by max(number sampled, 1)", "d2-spec §2.12", ("roi_losses",))
+register("ROI.INFER_THRESH", "inference keeps (ROI, class) pairs with score > "
+         f"{_F('inference.score_thresh', note='strict')}, never the background class", "d2-spec §2.13",
+         ("fast_rcnn_inference",))
+register("ROI.INFER_NMS", f"inference runs NMS at {_F('inference.nms_thresh')} per class, so boxes of different "
+         "classes never suppress each other", "d2-spec §2.13", ("fast_rcnn_inference",))
+register("ROI.INFER_TOPK", f"at most {_F('inference.detections_per_image')} detections per image, sorted by score "
+         "descending", "d2-spec §2.13", ("fast_rcnn_inference",))
 register("ROI.INFER_CLIP", "decoded boxes are clipped to the unpadded image size before NMS; non-finite rows "
          "are dropped", "d2-spec §2.13", ("fast_rcnn_inference",))
 register("ROI.POSTPROCESS", "detections are rescaled by (out_w / in_w, out_h / in_h), clipped to the output "
@@ -282,19 +397,20 @@ register("ROI.POSTPROCESS", "detections are rescaled by (out_w / in_w, out_h / i
 
 
 # ------------------------------------------------------------------------------------------- detector (issue 5)
-register("RCNN.PARAMS", "the assembled Faster R-CNN has 41,699,936 parameters for 80 classes",
-         "d2-spec §3 parameter count", ("FasterRCNN",))
-register("RCNN.STATE_DICT", "the state_dict has detectron2's 295 tensors and key names", "d2-spec §5.1",
-         ("FasterRCNN",))
-register("RCNN.RESIZE", "the detectron2 test resize scales the short side to 800, caps the long side at 1333 "
-         "and rounds half up (427x640 -> 800x1199, 500x1000 -> 667x1333); the torchvision profile floors",
-         "d2-spec §1.1, §3 resize examples", ("FasterRCNN",))
+register("RCNN.PARAMS", f"the assembled Faster R-CNN has {parameter_count('faster_rcnn_80_classes')} parameters "
+         f"for {_D2.roi_heads.num_classes} classes", "d2-spec §3 parameter count", ("FasterRCNN",))
+register("RCNN.STATE_DICT", f"the state_dict has detectron2's {parameter_count('faster_rcnn_state_dict_tensors')} "
+         "tensors and key names", "d2-spec §5.1", ("FasterRCNN",))
+register("RCNN.RESIZE", f"the detectron2 test resize scales the short side to {_F('input.min_size_test')}, caps "
+         f"the long side at {_F('input.max_size_test')} and rounds half up (427x640 -> 800x1199, 500x1000 -> "
+         "667x1333); the torchvision profile floors", "d2-spec §1.1, §3 resize examples", ("FasterRCNN",))
 register("RCNN.NORMALIZE", "pixels are normalized (x - mean) / std in the profile's channel order, then padded "
-         "with 0 to a multiple of 32", "d2-spec §1.1", ("FasterRCNN",))
+         f"with {_F('input.pad_value')} to a multiple of {_F('input.size_divisibility')}", "d2-spec §1.1",
+         ("FasterRCNN",))
 register("RCNN.TRAIN_LOSSES", "training returns exactly loss_rpn_cls, loss_rpn_loc, loss_cls and loss_box_reg, "
          "all finite, with gradients reaching every trainable parameter", "d2-spec §2.12", ("FasterRCNN",))
 register("RCNN.EVAL_OUTPUT", "eval returns per image boxes in original-image coordinates, scores and classes, "
-         "at most 100, sorted by score", "d2-spec §2.13", ("FasterRCNN",))
+         f"at most {_F('inference.detections_per_image')}, sorted by score", "d2-spec §2.13", ("FasterRCNN",))
 register("RCNN.TORCHVISION_EQUIVALENCE", "with converted torchvision weights in the torchvision profile, the "
          "proposals and detections equal torchvision fasterrcnn_resnet50_fpn's as matched sets: one-to-one, each "
          "torchvision detection pairs with a detspec one of the same class, score within 1e-4 + 1e-4 relative and "

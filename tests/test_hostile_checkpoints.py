@@ -24,7 +24,7 @@ import torch
 from detspec.checkpoints import (
     CheckpointError,
     RestrictedUnpickler,
-    _to_tensor,
+    checkpoint_tensor,
     expected_layout,
     float32_weights,
     load_checkpoint,
@@ -474,7 +474,7 @@ def test_genuine_arrays_still_load_with_their_values(protocol):
 
 def test_big_endian_arrays_become_native_tensors():
     big = np.arange(5, dtype=">f4") / 7
-    tensor = _to_tensor("w", _unpickle({"w": big})["w"], "f.pkl")
+    tensor = checkpoint_tensor("w", _unpickle({"w": big})["w"], "f.pkl")
     assert tensor.dtype == torch.float32 and np.array_equal(tensor.numpy(), big.astype("<f4"))
 
 

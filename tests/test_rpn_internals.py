@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fast
+from fast.nms import STATIC_BLOCK, greedy_sweep
 from spec import strategies as S
 from spec.config import BASE_RCNN_FPN
 
@@ -109,12 +110,12 @@ def test_greedy_sweep_is_exact(k, density):
     g = torch.Generator().manual_seed(k)
     over = (torch.rand(3, k, k, generator=g) < density).triu(diagonal=1)
     alive = torch.rand(3, k, generator=g) < 0.9
-    kp = math.ceil(k / fast_proposals.BLOCK) * fast_proposals.BLOCK
+    kp = math.ceil(k / STATIC_BLOCK) * STATIC_BLOCK
     padded = torch.zeros(3, kp, kp, dtype=torch.bool)
     padded[:, :k, :k] = over
     alive_p = torch.zeros(3, kp, dtype=torch.bool)
     alive_p[:, :k] = alive
-    keep = fast_proposals._greedy_sweep(padded, alive_p, fast_proposals.BLOCK)[:, :k]
+    keep = greedy_sweep(padded, alive_p, STATIC_BLOCK)[:, :k]
     assert torch.equal(keep, _greedy_loop(over, alive))
 
 

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from detspec.checkpoints import _compact, convert_main
+from detspec.checkpoints import compact_tensor, convert_main
 from detspec.io.fileio import UserError, atomic_save, check_output
 from detspec.mvit_checkpoints import load_mvit_state, mvit_names
 
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output(args.dst, inputs=[args.src])  # before reading: never overwrite SRC, fail before the work
     notes: list[str] = []
-    state = {k: _compact(v) for k, v in load_mvit_state(args.src, args.model, notes).items()}
+    state = {k: compact_tensor(v) for k, v in load_mvit_state(args.src, args.model, notes).items()}
     try:
         atomic_save(args.dst, lambda f: torch.save(state, f))
     except OSError as exc:  # a full disk, a read-only directory: the earlier DST (if any) is still there

@@ -49,13 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_torchvision(seed: int = SEED):
     """torchvision FasterRCNN (ResNet-50 FPN, FrozenBN), seeded, with a sharpened classifier; eval mode."""
-    from torchvision.models import resnet50
     from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     torch.manual_seed(seed)
-    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
+                                   trainable_layers=3)
     model = FasterRCNN(backbone, num_classes=91).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

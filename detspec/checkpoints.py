@@ -32,6 +32,7 @@ detectron2|torchvision|auto``), :func:`read_checkpoint` and :func:`float32_weigh
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import pickle
 import re
@@ -46,6 +47,7 @@ import torch
 from torch import Tensor
 
 from detspec.io.fileio import UserError, atomic_save, check_output
+from layout.rcnn import FasterRCNN
 from spec.config import BASE_RCNN_FPN, FasterRCNNConfig
 
 FORMAT = "detspec-faster-rcnn"  # the "format" entry of a file written by save_detspec
@@ -63,10 +65,9 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------------------------------------ layout
 @functools.lru_cache(maxsize=8)
 def _layout(num_classes: int, cfg: FasterRCNNConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Every key and shape of the meta-architecture (layout/rcnn.py) with the reference's components, built on the
-    meta device from cfg: nothing is typed here, so the checked layout is the one the models have."""
-    from reference.rcnn import FasterRCNN
-
+    """Every key and shape of the meta-architecture (layout/rcnn.py, with its layout components: the classes that
+    reference/ and fast/ subclass), built on the meta device from cfg: nothing is typed here, so the checked layout
+    is the one the models have."""
     if cfg.box_head.num_conv:
         raise ValueError(f"cfg.box_head.num_conv must be 0 (Base-RCNN-FPN's 2-fc head), got {cfg.box_head.num_conv}")
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
@@ -129,8 +130,6 @@ def check_layout(state: Mapping[str, Tensor], num_classes: int | None = None, *,
 
 # ------------------------------------------------------------------------------------------------ safe reading
 def _numpy_module(name: str):
-    import importlib
-
     for prefix in ("numpy._core", "numpy.core"):  # numpy >= 2 / numpy 1.x; both spellings appear in files
         try:
             return importlib.import_module(f"{prefix}.{name}")

@@ -27,10 +27,7 @@ _INPUT = BASE_RCNN_FPN.input
 def pad_images(images: Sequence[Tensor], size_divisibility: int = _INPUT.size_divisibility,
                pad_value: float = _INPUT.pad_value) -> tuple[Tensor, list[tuple[int, int]]]:
     """list of [C, Hi, Wi] -> ([N, C, H, W] channels-last, [(Hi, Wi), ...])."""
-    v.check_images(images)
-    if isinstance(size_divisibility, bool) or not isinstance(size_divisibility, int) or size_divisibility < 0:
-        raise ValueError(f"size_divisibility must be a non-negative int, got {size_divisibility!r}")
-    image_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+    image_sizes = v.check_pad_args(images, size_divisibility)
     max_h = max(h for h, _ in image_sizes)
     max_w = max(w for _, w in image_sizes)
     if size_divisibility > 1:

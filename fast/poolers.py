@@ -16,7 +16,6 @@ and map [N, C, Hi, Wi]; (oh, ow) the output size. rois rows are (batch_index, x1
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -39,11 +38,7 @@ def assign_levels(boxes: Tensor, min_level: int = _ROI.min_level, max_level: int
     floor(canonical_level + log2(sqrt(area) / canonical_box_size) + eps) (torchvision), clamped; computed in
     the boxes' dtype with the reference's operations, so ties at 112 / 224 / 448 round the same way.
     """
-    v.check_boxes(boxes, "boxes")
-    if int(min_level) > int(max_level):
-        raise ValueError(f"min_level must be <= max_level, got {min_level} and {max_level}")
-    if not canonical_box_size > 0:
-        raise ValueError(f"canonical_box_size must be positive, got {canonical_box_size}")
+    v.check_level_args(boxes, min_level, max_level, canonical_box_size)
     wh = boxes[:, 2:] - boxes[:, :2]  # [R, 2]
     size = torch.sqrt(wh[:, 0] * wh[:, 1])
     if eps_in_log:
@@ -66,13 +61,8 @@ def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, output_size: 
     channels-last strides (``.contiguous()`` gives NCHW). Maps in channels-last memory format (fast.FPN's
     output) are read in place; NCHW maps are transposed once per level that has ROIs.
     """
-    maps = v.check_level_features(features, strides)
-    v.check_rois(rois, maps[0].shape[0], "rois")
-    v.check_same_device("features[0]", maps[0], "rois", rois)
-    v.check_boxes(rois[:, 1:], "rois[:, 1:]")
-    levels_k = [int(round(math.log2(s))) for s in strides]
-    min_level, max_level = levels_k[0], levels_k[-1]
-    out_hw = v.check_roi_align_args(output_size, 1.0, sampling_ratio)
+    maps, (min_level, max_level), out_hw = v.check_pooler_args(features, rois, strides, output_size,
+                                                               sampling_ratio)
 
     k = assign_levels(rois[:, 1:].detach(), min_level, max_level, canonical_box_size, canonical_level, eps,
                       eps_in_log)  # [R]

@@ -7,31 +7,12 @@ channels-last with FrozenBN folded; the RPN decodes only its top-k; the ROI head
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torch import Tensor
-
 from fast.fpn import FPN
 from fast.preprocess import preprocess, scale_boxes
 from fast.resnet import ResNet
 from fast.roi_heads import ROIHeads, detector_postprocess
 from fast.rpn import RPN
-from layout import rcnn as layout
+from layout.rcnn import assemble
 
-
-class ResNetFPN(layout.ResNetFPN, FPN):
-    """ResNet body as child ``bottom_up`` plus the FPN's convs: [N, 3, H, W] -> {"p2": ..., "p6": ...}."""
-
-    bottom_up_type = ResNet
-
-
-class FasterRCNN(layout.FasterRCNN):
-    """See layout/rcnn.py for the forward contract."""
-
-    backbone_type, proposal_generator_type, roi_heads_type = ResNetFPN, RPN, ROIHeads
-    scale_boxes, postprocess = staticmethod(scale_boxes), staticmethod(detector_postprocess)
-
-    def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
-        device = self.pixel_mean.device
-        return preprocess([img.to(device) for img in images], self.cfg.input, resize=self.resize,
-                          dtype=self.pixel_mean.dtype)
+ResNetFPN, FasterRCNN = assemble(__name__, resnet=ResNet, fpn=FPN, rpn=RPN, roi_heads=ROIHeads, preprocess=preprocess,
+                                 scale_boxes=scale_boxes, postprocess=detector_postprocess)

@@ -16,17 +16,18 @@ Shape legend: N images; C channels; L levels; Hi, Wi level i's size; A anchors p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fast.anchors import AnchorCache
 from fast.boxes import encode_boxes
 from fast.matcher import iou_match
 from fast.proposals import decode_and_select
 from fast.sampling import subsample_masks
+from layout import rpn as layout
 from spec import validate as v
 from spec.config import BASE_RCNN_FPN, AnchorConfig, RPNConfig
 
@@ -34,38 +35,16 @@ _RPN = BASE_RCNN_FPN.rpn
 _ANCHORS = BASE_RCNN_FPN.anchors
 
 
-class RPNHead(nn.Module):
+class RPNHead(layout.RPNHead):
     """3x3 conv + ReLU shared by every level, then objectness (A) and deltas (4A) 1x1 convs, run fused.
 
-    Keys: conv.weight/bias (or conv.conv{k}.* for several conv_dims), objectness_logits.*, anchor_deltas.*.
-    forward: L x [N, C, Hi, Wi] -> (L x [N, Hi*Wi*A], L x [N, Hi*Wi*A, 4]) in (y, x, anchor) order.
+    Parameters and keys: layout/rpn.py. forward: L x [N, C, Hi, Wi] -> (L x [N, Hi*Wi*A], L x [N, Hi*Wi*A, 4])
+    in (y, x, anchor) order.
     """
-
-    def __init__(self, in_channels: int = 256, num_anchors: int = _ANCHORS.anchors_per_location,
-                 conv_dims: Sequence[int] = _RPN.head_conv_dims):
-        super().__init__()
-        dims = [in_channels if int(d) == -1 else int(d) for d in conv_dims]
-        if in_channels <= 0 or num_anchors <= 0 or not dims or any(d <= 0 for d in dims):
-            raise ValueError(f"in_channels, num_anchors and conv_dims must be positive, got {in_channels}, "
-                             f"{num_anchors} and {list(conv_dims)}")
-        self.in_channels = in_channels
-        self.num_anchors = num_anchors
-        if len(dims) == 1:
-            self.conv = nn.Conv2d(in_channels, dims[0], kernel_size=3, padding=1)
-        else:
-            self.conv = nn.Sequential()
-            for k, (i, o) in enumerate(zip([in_channels, *dims[:-1]], dims)):
-                self.conv.add_module(f"conv{k}", nn.Conv2d(i, o, kernel_size=3, padding=1))
-        self.objectness_logits = nn.Conv2d(dims[-1], num_anchors, kernel_size=1)
-        self.anchor_deltas = nn.Conv2d(dims[-1], num_anchors * 4, kernel_size=1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
 
     def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         v.check_rpn_features(features, self.in_channels)
-        convs = [self.conv] if isinstance(self.conv, nn.Conv2d) else list(self.conv)
+        convs = self.convs()
         a = self.num_anchors
         weight = torch.cat([self.objectness_logits.weight, self.anchor_deltas.weight])  # [5A, C', 1, 1]
         bias = torch.cat([self.objectness_logits.bias, self.anchor_deltas.bias])
@@ -152,14 +131,16 @@ def rpn_losses(anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt_lab
     return {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer}
 
 
-class RPN(nn.Module):
-    """The RPN module: same forward contract and keys (rpn_head.*) as reference.RPN; anchors are cached."""
+class RPN(layout.RPN):
+    """The RPN module: layout/rpn.py's constructor, keys (rpn_head.*) and forward; anchors are cached and only the
+    per-level top-k winners are decoded."""
 
-    def __init__(self, cfg: RPNConfig = _RPN, anchor_cfg: AnchorConfig = _ANCHORS, in_channels: int = 256):
-        super().__init__()
-        self.cfg = cfg
-        self.anchor_cfg = anchor_cfg
-        self.rpn_head = RPNHead(in_channels, anchor_cfg.anchors_per_location, cfg.head_conv_dims)
+    rpn_head_type = RPNHead
+    rpn_targets, rpn_losses = staticmethod(rpn_targets), staticmethod(rpn_losses)
+
+    def __init__(self, cfg: RPNConfig = _RPN, anchor_cfg: AnchorConfig = _ANCHORS,
+                 in_channels: int = BASE_RCNN_FPN.fpn.out_channels):
+        super().__init__(cfg, anchor_cfg, in_channels)
         self.anchor_cache = AnchorCache(anchor_cfg.sizes, anchor_cfg.aspect_ratios, anchor_cfg.strides,
                                         anchor_cfg.offset, anchor_cfg.round_cell_anchors)
 
@@ -167,49 +148,12 @@ class RPN(nn.Module):
         """Grid anchors per level, [Hi*Wi*A, 4] float32, memoised per feature sizes and device (read-only)."""
         return self.anchor_cache([(x.shape[2], x.shape[3]) for x in features], features[0].device)
 
-    def forward(self, features: Sequence[Tensor] | Mapping[str, Tensor], image_sizes: Sequence[tuple[int, int]],
-                gt_boxes: Sequence[Tensor] | None = None,
-                generator: torch.Generator | None = None) -> tuple[list[tuple[Tensor, Tensor]], dict[str, Tensor]]:
+    def propose(self, anchors: list[Tensor], logits: list[Tensor], deltas: list[Tensor],
+                image_sizes: Sequence[tuple[int, int]], pre_nms_topk: int,
+                post_nms_topk: int) -> list[tuple[Tensor, Tensor]]:
         cfg = self.cfg
-        if isinstance(features, Mapping):
-            features = [features[name] for name in cfg.in_features]
-        v.check_rpn_features(features, self.rpn_head.in_channels)
-        if len(features) != len(self.anchor_cfg.strides):
-            raise ValueError(f"features has {len(features)} levels; the anchor config has "
-                             f"{len(self.anchor_cfg.strides)} (strides {self.anchor_cfg.strides})")
-        n = features[0].shape[0]
-        if len(image_sizes) != n:
-            raise ValueError(f"image_sizes has {len(image_sizes)} entries for {n} images")
-        logits, deltas = self.rpn_head(features)
-        anchors = self.anchors(features)
-
-        losses: dict[str, Tensor] = {}
-        if self.training:
-            if gt_boxes is None:
-                raise ValueError("gt_boxes is required in training mode (one [G, 4] tensor per image)")
-            if len(gt_boxes) != n:
-                raise ValueError(f"gt_boxes has {len(gt_boxes)} entries for {n} images")
-            all_anchors = torch.cat(anchors)
-            with torch.no_grad():
-                gt_labels, matched = rpn_targets(
-                    all_anchors, gt_boxes, thresholds=cfg.iou_thresholds, labels=cfg.iou_labels,
-                    allow_low_quality_matches=cfg.allow_low_quality_matches,
-                    batch_size_per_image=cfg.batch_size_per_image, positive_fraction=cfg.positive_fraction,
-                    generator=generator)
-            raw = rpn_losses(all_anchors, torch.cat(logits, dim=1), torch.cat(deltas, dim=1), gt_labels, matched,
-                             batch_size_per_image=cfg.batch_size_per_image, weights=cfg.box_coder.weights,
-                             smooth_l1_beta=cfg.smooth_l1_beta)
-            losses = {"loss_rpn_cls": raw["loss_rpn_cls"] * cfg.loss_weight,
-                      "loss_rpn_loc": raw["loss_rpn_loc"] * cfg.loss_weight * cfg.bbox_reg_loss_weight}
-
-        with torch.no_grad():
-            if self.training:
-                pre, post = cfg.pre_nms_topk_train, cfg.post_nms_topk_train
-            else:
-                pre, post = cfg.pre_nms_topk_test, cfg.post_nms_topk_test
-            proposals = decode_and_select(
-                anchors, [d.detach() for d in deltas], [x.detach() for x in logits], image_sizes,
-                weights=cfg.box_coder.weights, scale_clamp=cfg.box_coder.scale_clamp, nms_thresh=cfg.nms_thresh,
-                pre_nms_topk=pre, post_nms_topk=post, min_box_size=cfg.min_box_size, training=self.training,
-                rank_by=cfg.rank_by, score_thresh=cfg.score_thresh)
-        return proposals, losses
+        return decode_and_select(
+            anchors, deltas, logits, image_sizes, weights=cfg.box_coder.weights,
+            scale_clamp=cfg.box_coder.scale_clamp, nms_thresh=cfg.nms_thresh, pre_nms_topk=pre_nms_topk,
+            post_nms_topk=post_nms_topk, min_box_size=cfg.min_box_size, training=self.training, rank_by=cfg.rank_by,
+            score_thresh=cfg.score_thresh)

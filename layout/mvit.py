@@ -1,7 +1,8 @@
 """MViT parameter layout (P1 Table 3b, App. D.1; P2 §4; clauses MVIT.PARAMS, MVIT.CHANNELS_GROW, MVIT.POS_EMBED,
 MVIT.REL_POS): every MViT v1 / v2 module that holds parameters, as a skeleton with its constructor, initialisation,
-config checks and state_dict keys, and no ``forward``. ``reference.mvit`` and ``fast.mvit`` subclass these classes
-and write only the forward passes, so they cannot disagree on a key, a shape or an order.
+config checks and state_dict keys. ``reference.mvit`` and ``fast.mvit`` subclass these classes and write the forward
+passes, so they cannot disagree on a key, a shape or an order; the block's residual control flow (MultiScaleBlock
+.forward) is written here once, around the implementation's attention, pooling, MLP and stochastic depth.
 
 Numbers come from ``spec.mvit`` (MVIT_B_16X4, MVIT_B_16, MVIT_V2_S); defaults are MViT-B 16x4's. The layout is
 torchvision's ``mvit_v1_b`` / ``mvit_v2_s``, so a torchvision state_dict loads with ``strict=True`` unchanged.
@@ -45,12 +46,12 @@ without a forward pass (enough for a state_dict layout on the meta device).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from spec.mvit import MVIT_B_16X4, MVIT_V2_S, MViTBlockSpec, MViTConfig, same_padding, skip_kernel
+from spec.mvit import MVIT_B_16X4, MVIT_V2_S, MViTBlockSpec, MViTConfig, check_tokens, same_padding, skip_kernel
 
 POOL_MODES = ("conv", "avg", "max")
 
@@ -159,6 +160,19 @@ class PoolingAttention(nn.Module):
                 nn.init.trunc_normal_(table, std=MVIT_V2_S.init_std)
 
 
+    def pool(self, q: Tensor, k: Tensor, v: Tensor, thw: tuple[int, int, int],
+             ) -> tuple[Tensor, Tensor, Tensor, tuple[int, int, int], tuple[int, int, int]]:
+        """Pool K and V (MVIT.KV_POOLING), then Q (MVIT.Q_POOLING), each with the implementation's Pool (which
+        passes the cls token through) -> (q, k, v, Q's grid, K/V's grid)."""
+        k_thw = q_thw = thw
+        if self.pool_k is not None:
+            k, k_thw = self.pool_k(k, thw)
+            v, _ = self.pool_v(v, thw)
+        if self.pool_q is not None:
+            q, q_thw = self.pool_q(q, thw)
+        return q, k, v, q_thw, k_thw
+
+
 # ---------------------------------------------------------------------------------------------- block
 class MultiScaleBlock(nn.Module):
     """The multiscale block (P1 §3.2, Fig. 3; P2 §4; MVIT.SKIP_POOLING, MVIT.CHANNELS_GROW): dim -> dim_out.
@@ -172,6 +186,8 @@ class MultiScaleBlock(nn.Module):
 
     attention_type: type[PoolingAttention] = PoolingAttention
     pool_type: type[Pool] = Pool
+    # drop_path(x, p, training): the implementation's stochastic depth (a staticmethod in a subclass)
+    stochastic_depth: Callable[[Tensor, float, bool], Tensor]
 
     def __init__(self, dim: int, dim_out: int, num_heads: int, *,
                  kernel_q: Sequence[int] | None = None, stride_q: Sequence[int] = (1, 1, 1),
@@ -208,6 +224,38 @@ class MultiScaleBlock(nn.Module):
         if math.prod(stride_q) > 1:  # P1 Fig. 3: the residual is pooled to Q's resolution
             self.pool_skip = self.pool_type(attn_dim, skip_kernel(stride_q), stride_q,  # type: ignore[arg-type]
                                             mode="max", norm=False, has_cls_token=has_cls_token)
+
+    def run_mlp(self, x: Tensor) -> Tensor:
+        """fc1, GELU, Dropout, fc2, Dropout (an implementation may fuse them)."""
+        return self.mlp(x)
+
+    def forward(self, x: Tensor, thw: tuple[int, int, int]) -> tuple[Tensor, tuple[int, int, int]]:
+        """x [B, N, dim] on grid thw (N = T*H*W + cls) -> ([B, N', dim_out], the Q-pooled grid).
+
+        v1:  x = skip(x) + attn(norm1(x));  out = proj(norm2(x)) or x, + mlp(norm2(x))
+        v2 (expand_in_attention): x = proj(norm1(x)) or x, pooled, + attn(norm1(x));  out = x + mlp(norm2(x))
+        with skip = pool_skip(x) where Q is pooled (MVIT.SKIP_POOLING; cls passed through, MVIT.CLS_NOT_POOLED),
+        and each branch dropped per sample with probability ``self.drop_path`` in training (stochastic depth).
+        """
+        thw = check_tokens(x, thw, self.dim, self.has_cls_token)
+        n1 = self.norm1(x)
+        a, q_thw = self.attn(n1, thw)
+        skip = x
+        if self.expand_in_attention and self.project is not None:
+            skip = self.project(n1)  # MViTv2: the channel projection of the normalized input
+        skip_thw = thw
+        if self.pool_skip is not None:  # MVIT.SKIP_POOLING
+            skip, skip_thw = self.pool_skip(skip, thw)
+        if skip_thw != q_thw:
+            raise ValueError(f"thw={thw}: the skip path has grid {skip_thw} but Q pooling gives {q_thw}; these "
+                             "strides and kernels cannot handle this input size")
+        x = skip + self.stochastic_depth(a, self.drop_path, self.training)
+        if self.expand_in_attention:
+            return x + self.stochastic_depth(self.run_mlp(self.norm2(x)), self.drop_path, self.training), q_thw
+        n2 = self.norm2(x)
+        # MVIT.CHANNELS_GROW: where the channels grow, the skip is a projection of the normalized signal (P1)
+        skip = self.project(n2) if self.project is not None else x
+        return skip + self.stochastic_depth(self.run_mlp(n2), self.drop_path, self.training), q_thw
 
     @classmethod
     def from_spec(cls, row: MViTBlockSpec, cfg: MViTConfig, grid: Sequence[int]) -> MultiScaleBlock:

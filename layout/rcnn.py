@@ -9,11 +9,14 @@ classes and functions in the class attributes
     backbone_type            ResNetFPN subclass (its ``bottom_up_type`` names the ResNet) -> child ``backbone``
     proposal_generator_type  RPN(cfg.rpn, cfg.anchors, in_channels=...)                   -> ``proposal_generator``
     roi_heads_type           ROIHeads(cfg.roi_heads, cfg.box_head, cfg.inference, ...)    -> ``roi_heads``
+    prepare                  preprocess(images, input_cfg, resize=, dtype=) -> (padded batch, network sizes,
+                             original sizes): normalize, resize (resize=True) and pad
     scale_boxes              scale_boxes(boxes, from_size, to_size): GT boxes to the network size (training)
     postprocess              detector_postprocess(boxes, input_size, output_size) -> (boxes, keep)
 
-and writes ``preprocess(images)`` (-> padded batch, network sizes, original sizes). Everything is built from the
-FasterRCNNConfig passed in.
+Everything is built from the FasterRCNNConfig passed in. With the layout's own component classes (the defaults) the
+model has every parameter but no forward: detspec.checkpoints builds it on the meta device to derive the checkpoint
+layout.
 
 Children (and so state_dict prefixes, exactly detectron2's 295 tensors, in this order):     # RCNN.STATE_DICT
   backbone             ResNetFPN: backbone.fpn_lateral{2..5}, fpn_output{2..5} and backbone.bottom_up.* (ResNet-50)
@@ -29,6 +32,8 @@ forward(images, targets=None, generator=None):
   eval     -> N dicts {"boxes": [D, 4] in original-image pixels, "scores": [D], "classes": int64 [D]}
               with D <= 100, sorted by score.                                                # RCNN.EVAL_OUTPUT
 With ``resize=True`` images are resized by the profile's test transform first (and GT boxes with them).
+With ``autocast_dtype`` (torch.bfloat16 or torch.float16) the backbone and the heads' convs and linears run in that
+dtype and the geometry in float32 (layout/precision.py: PRECISION.AUTOCAST, GEOMETRY_FP32, OUTPUT_FP32).
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from layout import precision
 from layout.fpn import FPN
 from layout.resnet import ResNet
 from layout.roi_heads import ROIHeads
+from layout.rpn import RPN
 from spec import validate as v
 from spec.config import BASE_RCNN_FPN, FasterRCNNConfig
 
@@ -68,13 +75,16 @@ class FasterRCNN(nn.Module):
     """GeneralizedRCNN with detspec's components; see the module docstring for the contract."""
 
     backbone_type: type[ResNetFPN] = ResNetFPN
-    proposal_generator_type: type[nn.Module]  # the implementation's RPN (there is no RPN layout class)
+    proposal_generator_type: type[RPN] = RPN
     roi_heads_type: type[ROIHeads] = ROIHeads
+    prepare: Callable[..., tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]]
     scale_boxes: Callable[[Tensor, tuple[int, int], tuple[int, int]], Tensor]
     postprocess: Callable[[Tensor, tuple[int, int], tuple[int, int]], tuple[Tensor, Tensor]]
 
-    def __init__(self, cfg: FasterRCNNConfig = BASE_RCNN_FPN, num_classes: int | None = None, resize: bool = False):
+    def __init__(self, cfg: FasterRCNNConfig = BASE_RCNN_FPN, num_classes: int | None = None, resize: bool = False,
+                 autocast_dtype: torch.dtype | None = None):
         super().__init__()
+        self.autocast_dtype = precision.check_autocast_dtype(autocast_dtype)  # a forward option, not state
         if num_classes is not None:
             if num_classes <= 0:
                 raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -94,14 +104,22 @@ class FasterRCNN(nn.Module):
 
     def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
         """-> (padded batch [N, 3, H, W] in pixel_mean's dtype and device, network (resized, unpadded) sizes,
-        original sizes): written by each implementation."""
-        raise NotImplementedError(f"{type(self).__name__} must implement preprocess")
+        original sizes), by the implementation's ``prepare``."""
+        device = self.pixel_mean.device
+        return self.prepare([img.to(device) for img in images], self.cfg.input, resize=self.resize,
+                            dtype=self.pixel_mean.dtype)
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None,
                 generator: torch.Generator | None = None):
         if self.training:
             v.check_detection_targets(targets, len(images))  # before any compute
         batch, sizes, originals = self.preprocess(images)
+        with precision.autocast(batch.device, self.autocast_dtype):  # PRECISION.AUTOCAST
+            return self._forward(batch, sizes, originals, targets, generator)
+
+    def _forward(self, batch: Tensor, sizes: list[tuple[int, int]], originals: list[tuple[int, int]],
+                 targets: Sequence[Mapping[str, Tensor]] | None, generator: torch.Generator | None):
+        """The stages; the RPN and the ROI heads switch autocast off for their geometry (PRECISION.GEOMETRY_FP32)."""
         features = self.backbone(batch)  # {"p2": ..., "p6": ...}
 
         if self.training:
@@ -119,7 +137,30 @@ class FasterRCNN(nn.Module):
         proposals, _ = self.proposal_generator(features, sizes)
         detections, _ = self.roi_heads(features, proposals, sizes)
         results = []
-        for (boxes, scores, classes, _), size, original in zip(detections, sizes, originals):
-            boxes, keep = self.postprocess(boxes, size, original)  # rescale, clip, drop empty    # ROI.POSTPROCESS
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep]})
-        return results
+        with precision.full_precision(batch.device):
+            for (boxes, scores, classes, _), size, original in zip(detections, sizes, originals):
+                boxes, keep = self.postprocess(boxes, size, original)  # rescale, clip, drop empty  # ROI.POSTPROCESS
+                results.append({"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep]})
+        return results  # float32 boxes and scores under autocast                           # PRECISION.OUTPUT_FP32
+
+
+def assemble(module: str, *, resnet: type[ResNet], fpn: type[FPN], rpn: type[RPN], roi_heads: type[ROIHeads],
+             preprocess: Callable, scale_boxes: Callable, postprocess: Callable,
+             ) -> tuple[type[ResNetFPN], type[FasterRCNN]]:
+    """An implementation's (ResNetFPN, FasterRCNN) classes from its components, defined as if in ``module``:
+
+    ResNetFPN(layout ResNetFPN, fpn) with bottom_up_type = resnet;
+    FasterRCNN(layout FasterRCNN) with backbone_type = that ResNetFPN, proposal_generator_type = rpn,
+    roi_heads_type = roi_heads, prepare = preprocess, scale_boxes, postprocess (see the module docstring).
+    """
+    backbone = type("ResNetFPN", (ResNetFPN, fpn), {
+        "__module__": module, "__qualname__": "ResNetFPN", "bottom_up_type": resnet,
+        "__doc__": f"{resnet.__module__}.ResNet as child ``bottom_up`` plus {fpn.__module__}.FPN: "
+                   "[N, 3, H, W] -> {'p2': ..., 'p6': ...}."})
+    model = type("FasterRCNN", (FasterRCNN,), {
+        "__module__": module, "__qualname__": "FasterRCNN", "backbone_type": backbone,
+        "proposal_generator_type": rpn, "roi_heads_type": roi_heads, "prepare": staticmethod(preprocess),
+        "scale_boxes": staticmethod(scale_boxes), "postprocess": staticmethod(postprocess),
+        "__doc__": f"FasterRCNN(cfg=BASE_RCNN_FPN, num_classes=None, resize=False) from {module.partition('.')[0]}'s "
+                   "components; see layout/rcnn.py for the contract."})
+    return backbone, model

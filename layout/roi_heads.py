@@ -11,8 +11,8 @@ state_dict keys under ``roi_heads.`` (d2-spec §5.1), in this order:
 The layout classes hold the constructors, initialisation and config checks, and ROIHeads.forward's control flow
 (sampling in training, pooling, head, predictor, losses or inference). ``reference.roi_heads`` and
 ``fast.roi_heads`` subclass them: BoxHead and BoxPredictor get their forward; ROIHeads points the class attributes
-``box_head_type`` / ``box_predictor_type`` at those, ``sample_rois`` / ``roi_losses`` / ``pooler`` at the
-implementation's functions, and writes ``_inference``.
+``box_head_type`` / ``box_predictor_type`` at those, and ``sample_rois`` / ``roi_losses`` / ``pooler`` / ``decode``
+/ ``inference`` at the implementation's functions.
 
 Shape legend: N images; K foreground classes, background is class/column K (the last); P proposals of one image;
 R ROIs over the batch (rows in image order); D detections of one image; r the pooler resolution (7); C channels
@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from layout.precision import full_precision, geometry_dtype, widen
 from spec import validate as v
 from spec.config import BASE_RCNN_FPN, BoxHeadConfig, InferenceConfig, ROIHeadsConfig
 
@@ -125,6 +127,8 @@ class ROIHeads(nn.Module):
     sample_rois: Callable[..., list[tuple[Tensor, Tensor, Tensor]]]
     roi_losses: Callable[..., dict[str, Tensor]]
     pooler: Callable[..., Tensor]  # multilevel_roi_align
+    decode: Callable[..., Tensor]  # decode_boxes(deltas, boxes, weights, scale_clamp)
+    inference: Callable[..., list[tuple[Tensor, Tensor, Tensor, Tensor]]]  # fast_rcnn_inference
 
     def __init__(self, cfg: ROIHeadsConfig = _ROI, box_cfg: BoxHeadConfig = _BOX,
                  inference_cfg: InferenceConfig = _INF, in_channels: int = BASE_RCNN_FPN.fpn.out_channels,
@@ -150,30 +154,35 @@ class ROIHeads(nn.Module):
                 gt_boxes: Sequence[Tensor] | None = None, gt_classes: Sequence[Tensor] | None = None,
                 generator: torch.Generator | None = None) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]],
                                                                   dict[str, Tensor]]:
-        cfg, box_cfg = self.cfg, self.box_cfg
-        if isinstance(features, Mapping):
-            missing = [name for name in cfg.in_features if name not in features]
-            if missing:
-                raise ValueError(f"features is missing {missing}; expected {list(cfg.in_features)}")
-            features = [features[name] for name in cfg.in_features]
+        cfg = self.cfg
+        features = v.features_in_order(features, cfg.in_features)
         maps = v.check_level_features(features, self.strides)
         n = maps[0].shape[0]
         boxes = proposal_boxes(proposals, n)
         if len(image_sizes) != n:
             raise ValueError(f"image_sizes has {len(image_sizes)} entries for {n} images")
 
+        device = maps[0].device
         if self.training:
             if gt_boxes is None or gt_classes is None:
                 raise ValueError("gt_boxes and gt_classes are required in training mode (one per image)")
-            with torch.no_grad():  # ROI.SAMPLE_APPEND_GT, ROI.SAMPLE_MATCH, ROI.SAMPLE_COUNT
+            with torch.no_grad(), full_precision(device):  # ROI.SAMPLE_APPEND_GT, ROI.SAMPLE_MATCH, SAMPLE_COUNT
                 sampled = self.sample_rois(boxes, gt_boxes, gt_classes, cfg.num_classes, cfg.batch_size_per_image,
                                            cfg.positive_fraction, cfg.iou_thresholds[0], cfg.proposal_append_gt,
                                            generator)
             boxes = [s[0] for s in sampled]
         all_boxes = torch.cat(boxes)  # [R, 4]: the images' rows, image after image
-        logits, deltas = self._predict(maps, boxes, all_boxes)  # [R, K+1], [R, 4K]
+        logits, deltas = self._predict(maps, boxes, all_boxes)  # [R, K+1], [R, 4K] in float32 or float64
+        with full_precision(device):
+            return self._losses_or_detections(logits, deltas, boxes, all_boxes, image_sizes,
+                                              sampled if self.training else None)
 
-        if self.training:  # ROI.LOSS_CLS, ROI.LOSS_BOX
+    def _losses_or_detections(self, logits: Tensor, deltas: Tensor, boxes: list[Tensor], all_boxes: Tensor,
+                              image_sizes: Sequence[tuple[int, int]],
+                              sampled: list[tuple[Tensor, Tensor, Tensor]] | None,
+                              ) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]], dict[str, Tensor]]:
+        box_cfg = self.box_cfg
+        if sampled is not None:  # ROI.LOSS_CLS, ROI.LOSS_BOX
             raw = self.roi_losses(logits, deltas, all_boxes.to(logits.dtype), torch.cat([s[1] for s in sampled]),
                                   torch.cat([s[2] for s in sampled]).to(logits.dtype), box_cfg.box_coder.weights,
                                   box_cfg.smooth_l1_beta)
@@ -184,18 +193,28 @@ class ROIHeads(nn.Module):
     def _predict(self, maps: list[Tensor], boxes: list[Tensor], all_boxes: Tensor) -> tuple[Tensor, Tensor]:
         """Pool every image's boxes (rows in image order) and run the head and predictor."""
         cfg, box_cfg = self.cfg, self.box_cfg
-        dtype, device = maps[0].dtype, maps[0].device
-        counts = torch.tensor([b.shape[0] for b in boxes], device=device)
-        image = torch.repeat_interleave(torch.arange(len(boxes), device=device), counts,
-                                        output_size=all_boxes.shape[0])  # [R]: the image each row belongs to
-        rois = torch.cat([image[:, None].to(dtype), all_boxes.to(dtype)], dim=1)  # [R, 5]
-        pooled = self.pooler(maps, rois, box_cfg.pooler_resolution, self.strides, box_cfg.pooler_sampling_ratio,
-                             box_cfg.aligned, cfg.canonical_box_size, cfg.canonical_level, cfg.level_eps,
-                             cfg.level_eps_in_log)  # [R, C, r, r]                                # ROI.POOLER_LEVELS
-        return self.box_predictor(self.box_head(pooled))
+        device = maps[0].device
+        dtype = geometry_dtype(maps[0].dtype)  # ROI coordinates never in bf16 / fp16 (PRECISION.GEOMETRY_FP32)
+        with full_precision(device):
+            counts = torch.tensor([b.shape[0] for b in boxes], device=device)
+            image = torch.repeat_interleave(torch.arange(len(boxes), device=device), counts,
+                                            output_size=all_boxes.shape[0])  # [R]: the image each row belongs to
+            rois = torch.cat([image[:, None].to(dtype), all_boxes.to(dtype)], dim=1)  # [R, 5]
+            pooled = self.pooler(maps, rois, box_cfg.pooler_resolution, self.strides, box_cfg.pooler_sampling_ratio,
+                                 box_cfg.aligned, cfg.canonical_box_size, cfg.canonical_level, cfg.level_eps,
+                                 cfg.level_eps_in_log)  # [R, C, r, r] in the maps' dtype          # ROI.POOLER_LEVELS
+        logits, deltas = self.box_predictor(self.box_head(pooled))  # PRECISION.AUTOCAST (the caller's region)
+        return widen(logits), widen(deltas)
 
     def _inference(self, logits: Tensor, deltas: Tensor, boxes: list[Tensor], all_boxes: Tensor,
                    image_sizes: Sequence[tuple[int, int]]) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """logits [R, K+1], deltas [R, 4K] of the proposals (per image boxes[n], all of them all_boxes [R, 4]) ->
-        per image (boxes [D, 4], scores [D], classes [D], roi_index [D]): written by each implementation."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _inference")
+        per image (boxes [D, 4], scores [D], classes [D], roi_index [D]): softmax scores, every class's box
+        decoded from its proposal, then the implementation's fast_rcnn_inference (ROI.INFER_*)."""
+        box_cfg, inf = self.box_cfg, self.inference_cfg
+        counts = [b.shape[0] for b in boxes]
+        probs = F.softmax(logits, dim=-1)  # [R, K+1]
+        decoded = self.decode(deltas, all_boxes.to(deltas.dtype), box_cfg.box_coder.weights,
+                              box_cfg.box_coder.scale_clamp)  # [R, 4K]
+        return self.inference(list(decoded.split(counts)), list(probs.split(counts)), image_sizes, inf.score_thresh,
+                              inf.nms_thresh, inf.detections_per_image, inf.min_box_size, inf.drop_nonfinite)

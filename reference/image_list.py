@@ -32,10 +32,7 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int = _INPUT.size_di
     size_divisibility <= 1 pads only to the largest image. Errors: an empty list, non-tensors, tensors that are
     not 3-D, different channel counts, dtypes or devices.
     """
-    v.check_images(images)
-    if isinstance(size_divisibility, bool) or not isinstance(size_divisibility, int) or size_divisibility < 0:
-        raise ValueError(f"size_divisibility must be a non-negative int, got {size_divisibility!r}")
-    image_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+    image_sizes = v.check_pad_args(images, size_divisibility)
     max_h = max(h for h, _ in image_sizes)
     max_w = max(w for _, w in image_sizes)
     if size_divisibility > 1:

@@ -9,7 +9,6 @@ and map [N, C, Hi, Wi]; (oh, ow) the output size. rois rows are (batch_index, x1
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -35,11 +34,7 @@ def assign_levels(boxes: Tensor, min_level: int = _ROI.min_level, max_level: int
     then clamped to [min_level, max_level]. With the spec's numbers: size < 112 -> 2, [112, 224) -> 3,
     [224, 448) -> 4, >= 448 -> 5. Boxes must be finite with x2 >= x1 and y2 >= y1 (ValueError otherwise).
     """
-    v.check_boxes(boxes, "boxes")
-    if int(min_level) > int(max_level):
-        raise ValueError(f"min_level must be <= max_level, got {min_level} and {max_level}")
-    if not (canonical_box_size > 0):
-        raise ValueError(f"canonical_box_size must be positive, got {canonical_box_size}")
+    v.check_level_args(boxes, min_level, max_level, canonical_box_size)
     width = boxes[:, 2] - boxes[:, 0]
     height = boxes[:, 3] - boxes[:, 1]
     size = torch.sqrt(width * height)
@@ -66,13 +61,9 @@ def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, output_size: 
     3. output row r is region r: the input row order is kept, whichever level pooled it.  # ROI.POOLER_ORDER
     Errors: see spec.validate.check_level_features and check_rois; boxes must also be finite and ordered.
     """
-    maps = v.check_level_features(features, strides)
-    v.check_rois(rois, maps[0].shape[0], "rois")
-    v.check_same_device("features[0]", maps[0], "rois", rois)
-    v.check_boxes(rois[:, 1:], "rois[:, 1:]")
-    levels_k = [int(round(math.log2(s))) for s in strides]
-    min_level, max_level = levels_k[0], levels_k[-1]
-    oh, ow = v.check_roi_align_args(output_size, 1.0, sampling_ratio)
+    maps, (min_level, max_level), (oh, ow) = v.check_pooler_args(features, rois, strides, output_size,
+                                                                 sampling_ratio)
+    levels_k = range(min_level, max_level + 1)  # map i is FPN level min_level + i (strides double)
 
     level_of_roi = assign_levels(rois[:, 1:], min_level, max_level, canonical_box_size, canonical_level,
                                  eps, eps_in_log)  # [R]

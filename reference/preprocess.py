@@ -60,11 +60,11 @@ def normalize(image: Tensor, pixel_mean: Sequence[float], pixel_std: Sequence[fl
 
 
 def preprocess(images: Sequence[Tensor], cfg: InputConfig = _INPUT, resize: bool = True,
-               ) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+               dtype: torch.dtype | None = None) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
     """N images [3, Hi, Wi] in the profile's format -> (batch [N, 3, H, W], network sizes, original sizes).
 
     The network size of an image is its resized, unpadded size (boxes are clipped to it); original sizes are
-    the inputs' sizes (detections are rescaled to them).
+    the inputs' sizes (detections are rescaled to them). dtype: the batch's dtype (None: the images' own).
     """
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError("images must be a non-empty list of [3, H, W] tensors")
@@ -83,7 +83,7 @@ def preprocess(images: Sequence[Tensor], cfg: InputConfig = _INPUT, resize: bool
             x = normalize(resize_image(img, size, cfg.resize_interpolation), cfg.pixel_mean, cfg.pixel_std)
         out.append(x)
     batch, sizes = pad_images(out, cfg.size_divisibility, cfg.pad_value)
-    return batch, sizes, originals
+    return (batch if dtype is None else batch.to(dtype)), sizes, originals
 
 
 def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:

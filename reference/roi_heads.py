@@ -204,12 +204,7 @@ def detector_postprocess(boxes: Tensor, input_size: tuple[int, int],
     2. clipped to the output (h, w);
     3. keep = width > 0 and height > 0 (every row is returned; keep marks the ones to use).  # ROI.POSTPROCESS
     """
-    v.check_boxes(boxes, "boxes", ordered=False)
-    for name, size in (("input_size", input_size), ("output_size", output_size)):
-        if len(size) != 2 or min(float(s) for s in size) <= 0:
-            raise ValueError(f"{name} must be a positive (h, w), got {size!r}")
-    in_h, in_w = (float(s) for s in input_size)
-    out_h, out_w = (float(s) for s in output_size)
+    in_h, in_w, out_h, out_w = v.check_postprocess_args(boxes, input_size, output_size)
     scale = boxes.new_tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
     scaled = clip_boxes(boxes * scale, (out_h, out_w))
     return scaled, nonempty(scaled)
@@ -228,13 +223,4 @@ class ROIHeads(layout.ROIHeads):
     box_head_type, box_predictor_type = BoxHead, BoxPredictor
     sample_rois, roi_losses = staticmethod(sample_rois), staticmethod(roi_losses)
     pooler = staticmethod(multilevel_roi_align)
-
-    def _inference(self, logits: Tensor, deltas: Tensor, boxes: list[Tensor], all_boxes: Tensor,
-                   image_sizes: Sequence[tuple[int, int]]) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        box_cfg, inf = self.box_cfg, self.inference_cfg
-        counts = [b.shape[0] for b in boxes]
-        probs = F.softmax(logits, dim=-1).split(counts)
-        decoded = [decode_boxes(d, b.to(d.dtype), box_cfg.box_coder.weights, box_cfg.box_coder.scale_clamp)
-                   for d, b in zip(deltas.split(counts), boxes)]
-        return fast_rcnn_inference(decoded, list(probs), image_sizes, inf.score_thresh, inf.nms_thresh,
-                                   inf.detections_per_image, inf.min_box_size, inf.drop_nonfinite)
+    decode, inference = staticmethod(decode_boxes), staticmethod(fast_rcnn_inference)

@@ -10,69 +10,38 @@ Boxes are XYXY in absolute input pixels. Labels: 1 foreground, 0 background, -1 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from layout import rpn as layout
 from reference.anchors import cell_anchors, grid_anchors
 from reference.boxes import decode_boxes, encode_boxes
 from reference.matcher import iou_match
 from reference.proposals import select_proposals
 from reference.sampling import subsample_labels
 from spec import validate as v
-from spec.config import BASE_RCNN_FPN, AnchorConfig, RPNConfig
+from spec.config import BASE_RCNN_FPN
 
 _RPN = BASE_RCNN_FPN.rpn
 _ANCHORS = BASE_RCNN_FPN.anchors
 
 
 # ------------------------------------------------------------------------------------------------ head
-class RPNHead(nn.Module):
-    """The head shared by every level: 3x3 conv + ReLU, then two sibling 1x1 convs.  # RPN.HEAD
-
-    conv               3x3, in_channels -> conv_dims[-1], padding 1, bias, followed by ReLU
-    objectness_logits  1x1, -> A          (one logit per anchor)
-    anchor_deltas      1x1, -> 4A         (channel a*4 + j = coordinate j of anchor a)   # RPN.OUTPUT_ORDER
-    With the spec's 256 channels and A = 3 that is 590,080 + 771 + 3,084 = 593,935 parameters.  # RPN.HEAD_PARAMS
-    A conv_dims entry of -1 means "in_channels" (detectron2's RPN.CONV_DIMS [-1]). Several entries give
-    a chain of convs named conv.conv0, conv.conv1, ... each followed by ReLU, as in detectron2.
-    """
-
-    def __init__(self, in_channels: int = 256, num_anchors: int = _ANCHORS.anchors_per_location,
-                 conv_dims: Sequence[int] = _RPN.head_conv_dims):
-        super().__init__()
-        dims = [in_channels if int(d) == -1 else int(d) for d in conv_dims]
-        if in_channels <= 0 or num_anchors <= 0 or not dims or any(d <= 0 for d in dims):
-            raise ValueError(f"in_channels, num_anchors and conv_dims must be positive, got {in_channels}, "
-                             f"{num_anchors} and {list(conv_dims)}")
-        self.in_channels = in_channels
-        self.num_anchors = num_anchors
-        if len(dims) == 1:
-            self.conv = nn.Conv2d(in_channels, dims[0], kernel_size=3, padding=1)
-        else:
-            self.conv = nn.Sequential()
-            previous = in_channels
-            for k, d in enumerate(dims):
-                self.conv.add_module(f"conv{k}", nn.Conv2d(previous, d, kernel_size=3, padding=1))
-                previous = d
-        self.objectness_logits = nn.Conv2d(dims[-1], num_anchors, kernel_size=1)
-        self.anchor_deltas = nn.Conv2d(dims[-1], num_anchors * 4, kernel_size=1)
-        for m in self.modules():  # detectron2 StandardRPNHead: normal(std=0.01) weights, zero biases
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.constant_(m.bias, 0.0)
+class RPNHead(layout.RPNHead):
+    """The head shared by every level (parameters, RPN.HEAD, RPN.HEAD_PARAMS: layout/rpn.py): 3x3 conv + ReLU,
+    then two sibling 1x1 convs, objectness_logits (A) and anchor_deltas (4A)."""
 
     def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """features: L tensors [N, C, Hi, Wi] -> (logits: L x [N, Hi*Wi*A], deltas: L x [N, Hi*Wi*A, 4])."""
         v.check_rpn_features(features, self.in_channels)
-        convs = [self.conv] if isinstance(self.conv, nn.Conv2d) else list(self.conv)
         a = self.num_anchors
         logits, deltas = [], []
         for x in features:
             t = x
-            for conv in convs:
+            for conv in self.convs():
                 t = F.relu(conv(t))
             objectness = self.objectness_logits(t)  # [N, A, Hi, Wi]
             offsets = self.anchor_deltas(t)  # [N, 4A, Hi, Wi]: channel a*4 + j
@@ -188,24 +157,15 @@ def rpn_losses(anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, gt_lab
 
 
 # ------------------------------------------------------------------------------------------------ module
-class RPN(nn.Module):
+class RPN(layout.RPN):
     """The RPN: head on every level, anchors, training targets and losses, and proposal selection.
 
-    Child ``rpn_head`` (keys rpn_head.conv.weight, rpn_head.objectness_logits.weight, ...). Anchors are not
-    state: they are generated from the feature sizes on every call.
-    forward(features, image_sizes, gt_boxes=None, generator=None) -> (proposals, losses):
-      features: L maps [N, C, Hi, Wi] (P2..P6; a dict is read in cfg.in_features order);
-      image_sizes: N unpadded (h, w); gt_boxes: N tensors [G, 4], required in training mode.
-      proposals: N pairs (boxes [K, 4], raw logits [K]), computed without gradient;
-      losses: {"loss_rpn_cls", "loss_rpn_loc"} in training mode, {} otherwise.
-    Training uses pre/post NMS top-k 2000/1000, test 1000/1000.                      # PROPOSAL.PRE_NMS_TOPK
+    The constructor, child ``rpn_head`` and the forward contract and control flow are layout/rpn.py's RPN; the
+    reference generates anchors on every call and decodes every anchor before selecting.
     """
 
-    def __init__(self, cfg: RPNConfig = _RPN, anchor_cfg: AnchorConfig = _ANCHORS, in_channels: int = 256):
-        super().__init__()
-        self.cfg = cfg
-        self.anchor_cfg = anchor_cfg
-        self.rpn_head = RPNHead(in_channels, anchor_cfg.anchors_per_location, cfg.head_conv_dims)
+    rpn_head_type = RPNHead
+    rpn_targets, rpn_losses = staticmethod(rpn_targets), staticmethod(rpn_losses)
 
     def anchors(self, features: Sequence[Tensor]) -> list[Tensor]:
         """Grid anchors of every level, [Hi*Wi*A, 4] each, in float64 for float64 features else float32."""
@@ -216,54 +176,16 @@ class RPN(nn.Module):
         sizes = [(x.shape[2], x.shape[3]) for x in features]
         return grid_anchors(sizes, self.anchor_cfg.strides, cells, self.anchor_cfg.offset)
 
-    def forward(self, features: Sequence[Tensor] | Mapping[str, Tensor], image_sizes: Sequence[tuple[int, int]],
-                gt_boxes: Sequence[Tensor] | None = None,
-                generator: torch.Generator | None = None) -> tuple[list[tuple[Tensor, Tensor]], dict[str, Tensor]]:
+    def propose(self, anchors: list[Tensor], logits: list[Tensor], deltas: list[Tensor],
+                image_sizes: Sequence[tuple[int, int]], pre_nms_topk: int,
+                post_nms_topk: int) -> list[tuple[Tensor, Tensor]]:
+        """Decode every anchor of every image, then select_proposals (PROPOSAL.*)."""
         cfg = self.cfg
-        if isinstance(features, Mapping):
-            features = [features[name] for name in cfg.in_features]
-        v.check_rpn_features(features, self.rpn_head.in_channels)
-        if len(features) != len(self.anchor_cfg.strides):
-            raise ValueError(f"features has {len(features)} levels; the anchor config has "
-                             f"{len(self.anchor_cfg.strides)} (strides {self.anchor_cfg.strides})")
-        n = features[0].shape[0]
-        if len(image_sizes) != n:
-            raise ValueError(f"image_sizes has {len(image_sizes)} entries for {n} images")
-
-        logits, deltas = self.rpn_head(features)  # L x [N, HiWiA], L x [N, HiWiA, 4]
-        anchors = self.anchors(features)  # L x [HiWiA, 4]
-
-        losses: dict[str, Tensor] = {}
-        if self.training:
-            if gt_boxes is None:
-                raise ValueError("gt_boxes is required in training mode (one [G, 4] tensor per image)")
-            if len(gt_boxes) != n:
-                raise ValueError(f"gt_boxes has {len(gt_boxes)} entries for {n} images")
-            all_anchors = torch.cat(anchors)  # [R, 4]
-            with torch.no_grad():
-                gt_labels, matched = rpn_targets(
-                    all_anchors, gt_boxes, thresholds=cfg.iou_thresholds, labels=cfg.iou_labels,
-                    allow_low_quality_matches=cfg.allow_low_quality_matches,
-                    batch_size_per_image=cfg.batch_size_per_image, positive_fraction=cfg.positive_fraction,
-                    generator=generator)
-            raw = rpn_losses(all_anchors, torch.cat(logits, dim=1), torch.cat(deltas, dim=1), gt_labels, matched,
-                             batch_size_per_image=cfg.batch_size_per_image, weights=cfg.box_coder.weights,
-                             smooth_l1_beta=cfg.smooth_l1_beta)
-            losses = {"loss_rpn_cls": raw["loss_rpn_cls"] * cfg.loss_weight,
-                      "loss_rpn_loc": raw["loss_rpn_loc"] * cfg.loss_weight * cfg.bbox_reg_loss_weight}
-
-        with torch.no_grad():  # no gradient flows into proposal coordinates (d2-spec §2.8 item 7)
-            proposals = []
-            for d, a in zip(deltas, anchors):  # decode every anchor of every image
-                boxes = decode_boxes(d.reshape(-1, 4), a.repeat(n, 1), cfg.box_coder.weights,
-                                     cfg.box_coder.scale_clamp)
-                proposals.append(boxes.reshape(n, -1, 4))
-            if self.training:
-                pre, post = cfg.pre_nms_topk_train, cfg.post_nms_topk_train
-            else:
-                pre, post = cfg.pre_nms_topk_test, cfg.post_nms_topk_test
-            selected = select_proposals(proposals, [x.detach() for x in logits], image_sizes,
-                                        nms_thresh=cfg.nms_thresh, pre_nms_topk=pre, post_nms_topk=post,
-                                        min_box_size=cfg.min_box_size, training=self.training,
-                                        rank_by=cfg.rank_by, score_thresh=cfg.score_thresh)
-        return selected, losses
+        n = logits[0].shape[0]
+        proposals = [decode_boxes(d.reshape(-1, 4), a.repeat(n, 1), cfg.box_coder.weights,
+                                  cfg.box_coder.scale_clamp).reshape(n, -1, 4)
+                     for d, a in zip(deltas, anchors)]  # L x [N, HiWiA, 4]
+        return select_proposals(proposals, logits, image_sizes, nms_thresh=cfg.nms_thresh,
+                                pre_nms_topk=pre_nms_topk, post_nms_topk=post_nms_topk,
+                                min_box_size=cfg.min_box_size, training=self.training, rank_by=cfg.rank_by,
+                                score_thresh=cfg.score_thresh)

@@ -234,6 +234,35 @@ def check_images(images: object) -> None:
                              f"images[{i}] is on {img.device}")
 
 
+def check_pad_args(images: object, size_divisibility: object) -> list[tuple[int, int]]:
+    """pad_images' arguments (INPUT.PADDING): check_images, and size_divisibility a non-negative int.
+    Returns the images' (Hi, Wi)."""
+    check_images(images)
+    if isinstance(size_divisibility, bool) or not isinstance(size_divisibility, int) or size_divisibility < 0:
+        raise ValueError(f"size_divisibility must be a non-negative int, got {size_divisibility!r}")
+    return [(int(img.shape[1]), int(img.shape[2])) for img in images]
+
+
+def check_postprocess_args(boxes: object, input_size: object, output_size: object) -> tuple[float, float, float, float]:
+    """detector_postprocess' arguments (ROI.POSTPROCESS): boxes [D, 4] (any order; finite), input_size and
+    output_size positive (h, w). Returns (in_h, in_w, out_h, out_w) as floats."""
+    check_boxes(boxes, "boxes", ordered=False)
+    for name, size in (("input_size", input_size), ("output_size", output_size)):
+        if not hasattr(size, "__len__") or len(size) != 2 or min(float(s) for s in size) <= 0:
+            raise ValueError(f"{name} must be a positive (h, w), got {size!r}")
+    return float(input_size[0]), float(input_size[1]), float(output_size[0]), float(output_size[1])
+
+
+def features_in_order(features: object, names: Sequence[str]) -> object:
+    """A mapping of feature maps read in ``names`` order (a ValueError names the missing ones); a sequence as is."""
+    if not isinstance(features, Mapping):
+        return features
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ValueError(f"features is missing {missing}; expected {list(names)}")
+    return [features[name] for name in names]
+
+
 def check_rpn_features(features: object, in_channels: int) -> None:
     """A non-empty list of float [N, C, Hi, Wi] maps with C == in_channels and one batch size.  # RPN.ERRORS"""
     if isinstance(features, Tensor) or not isinstance(features, Sequence) or len(features) == 0:
@@ -409,6 +438,29 @@ def check_level_features(features: object, strides: Sequence[int]) -> list[Tenso
         if x.device != first.device:
             raise ValueError(f"features[{i}] is on {x.device} but features[0] is on {first.device}")
     return maps
+
+
+def check_level_args(boxes: object, min_level: object, max_level: object, canonical_box_size: object) -> None:
+    """assign_levels' arguments (ROI.LEVEL_FORMULA): finite ordered boxes [R, 4], min_level <= max_level,
+    canonical_box_size > 0."""
+    check_boxes(boxes, "boxes")
+    if int(min_level) > int(max_level):
+        raise ValueError(f"min_level must be <= max_level, got {min_level} and {max_level}")
+    if not canonical_box_size > 0:
+        raise ValueError(f"canonical_box_size must be positive, got {canonical_box_size}")
+
+
+def check_pooler_args(features: object, rois: object, strides: Sequence[int], output_size: object,
+                      sampling_ratio: object) -> tuple[list[Tensor], tuple[int, int], tuple[int, int]]:
+    """multilevel_roi_align's arguments (ROI.POOLER_LEVELS): check_level_features, rois [R, 5] on the maps'
+    device with finite ordered boxes, and roi_align's scalars. Returns (maps, (min_level, max_level), (oh, ow)):
+    level i is FPN level log2(strides[i])."""
+    maps = check_level_features(features, strides)
+    check_rois(rois, maps[0].shape[0], "rois")
+    check_same_device("features[0]", maps[0], "rois", rois)
+    check_boxes(rois[:, 1:], "rois[:, 1:]")
+    levels = [int(round(math.log2(s))) for s in strides]
+    return maps, (levels[0], levels[-1]), check_roi_align_args(output_size, 1.0, sampling_ratio)
 
 
 def _per_image_list(value: object, name: str, what: str) -> Sequence:

@@ -21,12 +21,7 @@ SCANNED_DIRS = ("spec", "layout", "reference", "fast", "detspec", "benchmarks", 
 
 # Third-party private names that may be used: "module._name" (module spelled in full, aliases resolved) -> reason.
 # Nothing is allowed for the project's own packages.
-ALLOWED: dict[str, str] = {
-    "torchvision.models.detection.backbone_utils._resnet_fpn_extractor":
-        "benchmarks/test_bench_rcnn.py builds torchvision's seeded ResNet-50 FPN with it; the public "
-        "resnet_fpn_backbone(backbone_name='resnet50', weights=None, norm_layer=FrozenBatchNorm2d, "
-        "trainable_layers=3) makes the same two calls. Drop this entry when the benchmark switches to it.",
-}
+ALLOWED: dict[str, str] = {}
 
 
 def _is_private(name: str) -> bool:

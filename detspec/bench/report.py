@@ -21,8 +21,10 @@ import sys
 from collections import defaultdict
 from typing import Any
 
-IMPL_ORDER = ("reference", "reference-f64", "fast", "torchvision")
+IMPL_ORDER = ("reference", "reference-f64", "fast", "fast-bf16", "torchvision")
 BASELINES = ("torchvision", "reference", "reference-f64")
+# low-precision runs of fast (PRECISION.AUTOCAST): their own speed-ups against fast (fp32) and the baselines
+LOW_PRECISION_IMPLS = ("fast-bf16",)
 # other_cpu_cores (CPU time other processes used, in cores, while a benchmark ran) above which a timing is
 # contended: flagged in every table and warned about in comparisons (BENCHMARKS.md: not a figure of record)
 CONTENTION_WARN = 0.2

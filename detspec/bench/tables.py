@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from detspec.bench.report import BASELINES, CONTENTION_WARN, impl_name, impl_order, table_key
+from detspec.bench.report import BASELINES, CONTENTION_WARN, LOW_PRECISION_IMPLS, impl_name, impl_order, table_key
 from detspec.io.fileio import atomic_save
 
 MACHINE_KEYS = ("cpu_model", "cpu_count", "gpu_name", "torch_version", "torchvision_version", "torch_num_threads",
                 "bench_device")
-IMPL_COLOURS = {"reference": "#1f77b4", "reference-f64": "#9ecae1", "fast": "#2ca02c", "torchvision": "#ff7f0e"}
+IMPL_COLOURS = {"reference": "#1f77b4", "reference-f64": "#9ecae1", "fast": "#2ca02c", "fast-bf16": "#98df8a",
+                "torchvision": "#ff7f0e"}
 
 
 def median(bench: dict[str, Any]) -> float:
@@ -51,6 +52,10 @@ def ratio_table(data: dict[str, Any]) -> list[dict[str, Any]]:
         fast = row["medians"].get("fast")
         if fast:
             row["ratios"] = {f"fast vs {b}": row["medians"][b] / fast for b in BASELINES if b in row["medians"]}
+        for low in LOW_PRECISION_IMPLS:  # e.g. "fast-bf16 vs fast": fast's fp32 median / fast-bf16's
+            if row["medians"].get(low):
+                row["ratios"].update({f"{low} vs {b}": row["medians"][b] / row["medians"][low]
+                                      for b in ("fast", *BASELINES) if b in row["medians"]})
     return [rows[k] for k in sorted(rows)]
 
 
@@ -81,6 +86,8 @@ def format_ratio_table(rows: list[dict[str, Any]], markdown: bool = False) -> st
     """The ratio table as aligned text or Markdown: medians in ms, then fast's speed-ups."""
     impls = sorted({i for r in rows for i in r["medians"]}, key=impl_order)
     ratios = [f"fast vs {b}" for b in BASELINES if any(f"fast vs {b}" in r["ratios"] for r in rows)]
+    ratios += [f"{low} vs {b}" for low in LOW_PRECISION_IMPLS for b in ("fast", *BASELINES)
+               if any(f"{low} vs {b}" in r["ratios"] for r in rows)]
     peaks = [i for i in impls if any(i in r.get("peak_rss_mib", {}) for r in rows)]
     header = (["group / workload"] + [f"{i} (ms)" for i in impls] + ratios
               + [f"{i} peak RSS (MiB)" for i in peaks] + ["other CPU (cores)"])

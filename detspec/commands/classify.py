@@ -25,6 +25,7 @@ from detspec import video as V
 from detspec.io.fileio import UserError, atomic_write_json, check_output
 from detspec.io.videos import load_video
 from detspec.mvit_checkpoints import load_mvit_state, mvit_model, mvit_names
+from layout.precision import DTYPE_CHOICES
 from spec.mvit import K400_EVAL, MVIT_CONFIGS
 
 
@@ -53,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
                       short_side=K400_EVAL.short_side, mean=K400_EVAL.mean, std=K400_EVAL.std)
     names = _read_labels(args.labels, cfg.num_classes) if args.labels else None
     video = V.video_to_unit(load_video(args.video), len(spec.mean), args.video)  # cheap checks before the model
+    if args.dtype != "fp32" and args.impl != "fast":
+        raise UserError(f"--dtype {args.dtype} is the fast path's option (autocast); use --impl fast")
     state = load_mvit_state(args.weights, args.model)
     model = mvit_model(args.model, args.impl)
+    if args.impl == "fast":
+        model.autocast_dtype = DTYPE_CHOICES[args.dtype]
     model.load_state_dict(state, strict=True)  # load_mvit_state checked keys and shapes
     model.eval()
     views = V.make_views(video, spec, name=args.video)
@@ -89,6 +94,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     classify.add_argument("--views", default="5x1", help="CLIPSxCROPS (default 5x1, the K400 protocol)")
     classify.add_argument("--impl", default="fast", choices=("fast", "reference"))
     classify.add_argument("--labels", help="a text file with one class name per line")
+    classify.add_argument("--dtype", choices=tuple(DTYPE_CHOICES), default="fp32",
+                          help="compute dtype (default fp32; bf16 / fp16 run the fast MViT under autocast, logits "
+                               "in float32)")
     classify.add_argument("--json", metavar="OUT", help="write every view's logits and the averaged probabilities")
     classify.set_defaults(func=run)
 

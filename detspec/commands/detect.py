@@ -52,6 +52,7 @@ from detspec.io.categories import CategoryMap, category_table
 from detspec.io.coco import detections_to_coco_results
 from detspec.io.fileio import UserError, atomic_write_json, check_output, load_json, naming_write_errors
 from detspec.io.images import draw, load_image, to_profile_format
+from layout.precision import DTYPE_CHOICES
 from spec.config import get_profile
 
 _MAX_LISTED = 5  # problems listed in one error message
@@ -185,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     key = "roi_heads.box_predictor.cls_score.weight"
     num_classes = int(state_dict[key].shape[0]) - 1
     impl = __import__(args.impl)
-    model = impl.FasterRCNN(cfg, num_classes=num_classes, resize=args.resize == "default").eval()
+    model = impl.FasterRCNN(cfg, num_classes=num_classes, resize=args.resize == "default",
+                            autocast_dtype=DTYPE_CHOICES[args.dtype]).eval()
     model.load_state_dict(state_dict)
     names = category_table(num_classes, "torchvision" if args.profile == "torchvision" else "detectron2")
     category_map = CategoryMap([cid for cid, _ in names], dict(names))  # ascending ids: index c = class c
@@ -228,6 +230,9 @@ def add_parser(sub) -> None:
                    help="output directory (default ./detections; created if only its last component is missing)")
     p.add_argument("--impl", choices=("fast", "reference"), default="fast")
     p.add_argument("--draw-thresh", type=float, default=0.5, help="draw boxes with at least this score")
+    p.add_argument("--dtype", choices=tuple(DTYPE_CHOICES), default="fp32",
+                   help="compute dtype of the backbone and heads (default fp32; bf16 / fp16 run them under "
+                        "autocast with the geometry in float32, see README 'Low precision')")
     p.add_argument("--image-ids", metavar="ANNOTATIONS.json|ID,ID,...",
                    help="image ids: looked up by file name in a COCO annotations file's images, or one per image "
                         "in order (default: the number in each file name)")

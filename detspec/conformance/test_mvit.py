@@ -17,14 +17,17 @@ numerical checks use reduced clips that the same blocks handle.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
 
 from detspec.conformance._util import assert_close, cpu
 from spec.mvit import (
@@ -218,8 +221,6 @@ def test_pooling_attention_matches_reference_float64(impl, reference_impl, devic
 def _tv_attention(case):
     """torchvision's MultiscaleAttention with the case's arguments (conv pooling + LayerNorm(eps=1e-6), cls)."""
     mvit = pytest.importorskip("torchvision.models.video.mvit")
-    from functools import partial
-
     k = case["kwargs"]
     return mvit.MultiscaleAttention(
         list(k.get("rel_pos_size") or case["thw"]), case["dim"], k["dim_out"], case["heads"],
@@ -451,8 +452,6 @@ def test_parameter_count(impl, cfg, expected):
 @pytest.mark.clause("MVIT.GMACS")
 def test_gmacs_on_meta(impl):
     """FlopCounterMode counts 2 FLOPs per multiply-add of convs and matmuls; halved, that is P1's GMACs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model = _meta_model(impl, MVIT_B_16X4)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.empty(1, 3, 16, 224, 224, device="meta"))
@@ -535,8 +534,6 @@ def test_torchvision_v1_logits(impl, device, tv_v1):
     """mvit_v1_b's 16 blocks, norm and head, unchanged, with torchvision's own PositionalEncoding built for the
     2x8x8 grid of 4x32x32 clips (torchvision's builder fixes 16x224x224, but its MViT blocks take any grid): the
     same state_dict loads strictly into impl.MViT(SMALL_V1) and the logits agree with torchvision's in float64."""
-    import copy
-
     from torchvision.models.video.mvit import PositionalEncoding
 
     tv = copy.deepcopy(tv_v1)
@@ -579,8 +576,6 @@ def test_torchvision_v2_logits(impl, device):
 
 @pytest.mark.clause("MVIT.IMAGE")
 def test_image_variant_shapes_params_and_gmacs(impl):
-    from torch.utils.flop_counter import FlopCounterMode
-
     assert MVIT_B_16.token_counts() == (3137, 785, 197, 50)
     model = _meta_model(impl, MVIT_B_16)
     # the paper states 37.0M, i.e. a count in [36.95M, 37.05M): compared as an interval, not by rounding

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from detspec.conformance._util import assert_equal, cpu, on
@@ -146,12 +146,22 @@ def test_nms_matches_torchvision_with_many_overlaps(impl, device, seed, n, thr):
 
 @pytest.mark.clause("NMS.BATCHED")
 @given(st.integers(0, 2**31 - 1), st.integers(1, 300), st.sampled_from([ROI_NMS, RPN_NMS]))
+@example(787355, 253, 0.7)  # an IoU 9e-7 below 0.7 (see the docstring)
 def test_batched_nms_matches_torchvision_with_many_overlaps(impl, device, seed, n, thr):
-    """Cross-check against torchvision.ops.batched_nms on clustered boxes in 5 groups."""
+    """Cross-check against torchvision on clustered boxes in 5 groups: torchvision.ops.nms per group (its
+    batched_nms "vanilla" path), merged by score (scores are distinct, so the order is unique).
+
+    Not torchvision.ops.batched_nms itself: below 4,000 boxes on the CPU it shifts each group by
+    group * (max coordinate + 1) and runs one nms, and float32 IoUs of the shifted boxes lose precision. With
+    seed=787355, n=253, thr=0.7, boxes 77 and 133 have IoU 0.69999914 (float64; float32 0.6999991): the shifted
+    computation rounds it above 0.7 and suppresses box 77, which the exact IoU keeps."""
     tv_ops = pytest.importorskip("torchvision.ops")
     boxes, scores, groups = clustered(seed, n)
-    assert_equal(impl.batched_nms(on(boxes, device), on(scores, device), on(groups, device), thr),
-                 tv_ops.batched_nms(boxes, scores, groups, thr), "batched_nms")
+    kept = torch.cat([torch.nonzero(groups == g).flatten()[tv_ops.nms(boxes[groups == g], scores[groups == g], thr)]
+                      for g in groups.unique()])
+    expected = kept[torch.argsort(scores[kept], descending=True)]
+    assert_equal(impl.batched_nms(on(boxes, device), on(scores, device), on(groups, device), thr), expected,
+                 "batched_nms")
 
 
 # ------------------------------------------------------------------------------------------- empty and bad input

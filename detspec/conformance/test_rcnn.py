@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from detspec.checkpoints import convert_torchvision
 from detspec.conformance._util import cpu
 from spec.config import BASE_RCNN_FPN, PARAMETER_COUNTS, TORCHVISION, TV_BATCHED_NMS_LOOP_ABOVE
 from spec.tolerances import DTYPE_TOLERANCES, tolerance
@@ -227,8 +228,6 @@ def seeded_torchvision(min_size: int, max_size: int, rpn_logit_scale: float = 1.
 
 def _converted(impl, tv, min_size: int, max_size: int):
     """`impl`'s FasterRCNN in the torchvision profile (with this test resize), loaded with tv's converted weights."""
-    from detspec.checkpoints import convert_torchvision
-
     cfg = replace(TORCHVISION, input=replace(TORCHVISION.input, min_size_test=min_size, max_size_test=max_size))
     model = impl.FasterRCNN(cfg, num_classes=90, resize=True).eval()
     model.load_state_dict(convert_torchvision(tv.state_dict()))

@@ -29,12 +29,7 @@ class PoolingAttention(layout.PoolingAttention):
         b, n, _ = x.shape
         h, d, c = self.num_heads, self.head_dim, 1 if self.has_cls_token else 0
         q, k, v = self.qkv(x).view(b, n, 3, h, d).unbind(2)  # token-major views [B, N, h, d]
-        k_thw = q_thw = thw
-        if self.pool_k is not None:
-            k, k_thw = self.pool_k(k, thw)
-            v, _ = self.pool_v(v, thw)
-        if self.pool_q is not None:
-            q, q_thw = self.pool_q(q, thw)
+        q, k, v, q_thw, k_thw = self.pool(q, k, v, thw)
         mask = None
         if self.rel_pos:
             bias = rel_pos_bias(q[:, c:], q_thw, k_thw, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t)

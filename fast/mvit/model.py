@@ -4,14 +4,12 @@ unchanged).
 
 - the patch conv runs channels-last, so its output is already token-major;
 - ``autocast_dtype`` (e.g. torch.bfloat16) runs the forward under ``torch.autocast``: on CUDA, matmuls, convs and
-  SDPA (flash / memory-efficient kernels) in that dtype, LayerNorm and softmax statistics in float32. CPU autocast
-  works too (bfloat16 only; useful to test the path, not faster there). The result is checked with the ratio rule
-  of ``spec.tolerances``.
+  SDPA (flash / memory-efficient kernels) in that dtype, LayerNorm and softmax statistics in float32; on a CPU
+  with bf16 units (AVX512-BF16, AMX) the same. Logits come back in float32. The result is checked with the ratio
+  rule of ``spec.tolerances``.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import Tensor
@@ -19,6 +17,7 @@ from torch import Tensor
 from fast.mvit.block import MultiScaleBlock
 from fast.mvit.pos_embed import PositionalEncoding
 from layout import mvit as layout
+from layout.precision import autocast, check_autocast_dtype, widen
 from spec.mvit import MVIT_B_16X4, MViTConfig, check_clip
 
 
@@ -31,12 +30,10 @@ class MViT(layout.MViT):
 
     def __init__(self, cfg: MViTConfig = MVIT_B_16X4, *, autocast_dtype: torch.dtype | None = None):
         super().__init__(cfg)
-        self.autocast_dtype = autocast_dtype  # a forward option, not a parameter
+        self.autocast_dtype = check_autocast_dtype(autocast_dtype)  # a forward option, not a parameter
 
     def _autocast(self, clip: Tensor):
-        if self.autocast_dtype is not None and clip.device.type in ("cuda", "cpu"):
-            return torch.autocast(clip.device.type, dtype=self.autocast_dtype)
-        return contextlib.nullcontext()
+        return autocast(clip.device, self.autocast_dtype)  # PRECISION.AUTOCAST
 
     def forward_features(self, clip: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
         clip = check_clip(clip, self.cfg, "clip")
@@ -54,4 +51,4 @@ class MViT(layout.MViT):
         with self._autocast(clip):
             x = self.norm(x)
             pooled = x[:, 0] if self.cfg.cls_embed else x.mean(dim=1)
-            return self.head(pooled)
+            return widen(self.head(pooled))  # float32 logits under autocast (PRECISION.OUTPUT_FP32)

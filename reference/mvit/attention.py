@@ -40,12 +40,7 @@ class PoolingAttention(layout.PoolingAttention):
         # 1. one Linear gives Q, K, V for all heads: [B, N, 3, h, d] -> three [B, h, N, d]
         q, k, v = self.qkv(x).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
         # 2. pool K and V (MVIT.KV_POOLING), then Q (MVIT.Q_POOLING); the cls token is never pooled
-        k_thw = q_thw = thw
-        if self.pool_k is not None:
-            k, k_thw = self.pool_k(k, thw)
-            v, _ = self.pool_v(v, thw)
-        if self.pool_q is not None:
-            q, q_thw = self.pool_q(q, thw)
+        q, k, v, q_thw, k_thw = self.pool(q, k, v, thw)
         # 3. scaled dot-product logits, one [N_q, N_kv] matrix per head (MVIT.ATTENTION)
         logits = (q @ k.transpose(-2, -1)) * self.scale
         c = 1 if self.has_cls_token else 0

@@ -28,39 +28,14 @@ Parameters (torchvision's keys; built by ``layout.mvit.MultiScaleBlock``): ``nor
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from layout import mvit as layout
 from reference.mvit.attention import PoolingAttention
 from reference.mvit.drop_path import drop_path
 from reference.mvit.pooling import Pool
-from spec.mvit import check_tokens
 
 
 class MultiScaleBlock(layout.MultiScaleBlock):
-    """The two residual branches above; parameters, config checks and keys are ``layout.mvit.MultiScaleBlock``'s
-    (``self.drop_path`` is the stochastic-depth probability)."""
+    """The two residual branches above with the reference's attention, pooling and stochastic depth; forward,
+    parameters, config checks and keys are ``layout.mvit.MultiScaleBlock``'s."""
 
-    attention_type = PoolingAttention
-    pool_type = Pool
-
-    def forward(self, x: Tensor, thw: tuple[int, int, int]) -> tuple[Tensor, tuple[int, int, int]]:
-        thw = check_tokens(x, thw, self.dim, self.has_cls_token)
-        n1 = self.norm1(x)
-        a, q_thw = self.attn(n1, thw)
-        skip = x
-        if self.expand_in_attention and self.project is not None:
-            skip = self.project(n1)  # MViTv2: the channel projection of the normalized input
-        skip_thw = thw
-        if self.pool_skip is not None:  # MVIT.SKIP_POOLING (cls passed through: MVIT.CLS_NOT_POOLED)
-            skip, skip_thw = self.pool_skip(skip, thw)
-        if skip_thw != q_thw:
-            raise ValueError(f"thw={thw}: the skip path has grid {skip_thw} but Q pooling gives {q_thw}; these "
-                             "strides and kernels cannot handle this input size")
-        x = skip + drop_path(a, self.drop_path, self.training)
-        if self.expand_in_attention:
-            return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training), q_thw
-        n2 = self.norm2(x)
-        # MVIT.CHANNELS_GROW: where the channels grow, the skip is a projection of the normalized signal (P1)
-        skip = self.project(n2) if self.project is not None else x
-        return skip + drop_path(self.mlp(n2), self.drop_path, self.training), q_thw
+    attention_type, pool_type, stochastic_depth = PoolingAttention, Pool, staticmethod(drop_path)

@@ -55,9 +55,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detspec.commands import bench, check, classify, convert, demo, detect, evaluate, synth, vectors
+from detspec.commands import bench, check, classify, convert, demo, detect, evaluate, export, synth, vectors
 
-COMMANDS = (check, convert, classify, bench, demo, vectors, detect, evaluate, synth)
+COMMANDS = (check, convert, classify, bench, demo, vectors, detect, evaluate, synth, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

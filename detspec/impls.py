@@ -4,6 +4,8 @@ An implementation is any object with some of the contract's names (``spec.contra
 
 - ``reference`` and ``fast``: detspec's own packages;
 - ``torchvision``: torchvision's ops, for the components it has (an independent oracle);
+- ``onnxruntime``: detspec's ONNX Runtime port (detspec/onnx: contract functions exported to ONNX and run on
+  ONNX Runtime; needs the ``onnx`` extra);
 - ``module`` or ``module:attribute``: a third-party port (the attribute may be a module, a class instance or
   any namespace object).
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from spec.contract import CONTRACT, PLANNED
 
-BUILTIN = ("reference", "fast", "torchvision")
+BUILTIN = ("reference", "fast", "torchvision", "onnxruntime")
 DEFAULT_IMPLS = ("reference", "fast")
 NOT_IMPLEMENTED_PREFIX = "not implemented: "
 
@@ -109,6 +111,13 @@ def resolve(spec: str) -> Impl:
         return Impl(spec, importlib.import_module("fast"))
     if spec == "torchvision":
         return Impl(spec, _torchvision_namespace())
+    if spec == "onnxruntime":
+        try:  # an optional dependency: imported only when asked for
+            from detspec.onnx.runtime import namespace as onnx_namespace
+        except ImportError as exc:
+            raise ImplResolutionError(f"--impl onnxruntime needs the onnx extra (pip install -e '.[onnx]'): "
+                                      f"{exc}") from exc
+        return Impl(spec, onnx_namespace())
     module_name, _, attr = spec.partition(":")
     if os.getcwd() not in sys.path:  # ports are usually run from their own folder (appended: detspec's
         sys.path.append(os.getcwd())  # own spec/reference/fast packages keep precedence)

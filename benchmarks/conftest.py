@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import torch
 
+from detspec.bench.machine import bf16_support
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("detspec-bench", "detspec benchmarks")
@@ -64,6 +66,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["torch_num_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["cpu_model"] = cpu_model()
+    machine_info["cpu_bf16"] = bf16_support()  # PRECISION.CPU_CAPABILITY
     machine_info["bench_device"] = _device_name(config)
     if hasattr(os, "getloadavg"):  # other processes on the machine skew CPU timings: record the load
         machine_info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]

@@ -20,7 +20,8 @@ Peak memory: with --benchmark-enable, each implementation also runs once in a fr
 model, resets the kernel's RSS high-water mark (/proc/self/clear_refs), runs one inference and reads VmHWM;
 the figure (MiB, model weights included) goes into the benchmark's extra_info["peak_rss_mib"].
 
-The reference runs batch 1 only: batch 4 would take about a minute per round.
+The reference runs batch 1 only: batch 4 would take about a minute per round. ``fast-bf16`` is fast with
+``autocast_dtype=torch.bfloat16`` (PRECISION.AUTOCAST); the machine info records the CPU's bf16 support.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from spec.config import TORCHVISION
 
 IMAGE_HW = (800, 1216)
 SEED = 0
-ROUNDS = {"reference": 1, "fast": 3, "torchvision": 3}
-CASES = [("b1", "reference"), ("b1", "fast"), ("b1", "torchvision"), ("b4", "fast"), ("b4", "torchvision")]
+ROUNDS = {"reference": 1, "fast": 3, "fast-bf16": 3, "torchvision": 3}
+CASES = [("b1", "reference"), ("b1", "fast"), ("b1", "fast-bf16"), ("b1", "torchvision"), ("b4", "fast"),
+         ("b4", "fast-bf16"), ("b4", "torchvision")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,15 +81,16 @@ def build(name: str, device: str):
         return tv.to(device)
     state = convert_torchvision(tv.state_dict())
     del tv
-    impl = {"reference": reference, "fast": fast}[name]
-    model = impl.FasterRCNN(TORCHVISION, num_classes=90, resize=True).eval()
+    impl = {"reference": reference, "fast": fast, "fast-bf16": fast}[name]
+    dtype = torch.bfloat16 if name == "fast-bf16" else None  # PRECISION.AUTOCAST
+    model = impl.FasterRCNN(TORCHVISION, num_classes=90, resize=True, autocast_dtype=dtype).eval()
     model.load_state_dict(state)
     return model.to(device)
 
 
 @functools.cache
 def models(device: str) -> dict:
-    return {name: build(name, device) for name in ("torchvision", "reference", "fast")}
+    return {name: build(name, device) for name in ("torchvision", "reference", "fast", "fast-bf16")}
 
 
 def images(batch: int, device: str) -> list[torch.Tensor]:
@@ -142,8 +145,12 @@ def test_rcnn_inference(benchmark, bench_device, timed, workload, implementation
     benchmark.extra_info["workload"] = workload
     benchmark.extra_info["implementation"] = implementation
 
-    # agreement with torchvision, outside the timed region (one image; the conformance suite checks more)
-    if implementation != "torchvision":
+    # agreement with torchvision, outside the timed region (one image; the conformance suite checks more). bf16
+    # is not compared here: with these random weights nearly tied RPN logits make its proposals differ (see
+    # tests/test_cli_detect.py::test_detect_dtype_bf16); its accuracy is measured on the trained demo model.
+    if implementation == "fast-bf16":
+        assert len(run(implementation, model, imgs[:1])[0]["scores"]) > 0
+    elif implementation != "torchvision":
         mine = run(implementation, model, imgs[:1])[0]
         theirs = run("torchvision", models(device)["torchvision"], imgs[:1])[0]
         assert len(mine["scores"]) == len(theirs["scores"]) > 0

@@ -17,7 +17,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from detspec.io.coco import load_ground_truth, load_results
+from reference.boxes import pairwise_iou
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -73,3 +76,34 @@ def evaluate(annotations_path: str | os.PathLike, results: str | os.PathLike | S
     out.update(summary=summary.getvalue(), notes=notes, num_images=len(gt_data["images"]),
                num_detections=len(dets))
     return out
+
+
+def reproduced_fraction(reference: Mapping[Any, Mapping[str, Any]], other: Mapping[Any, Mapping[str, Any]],
+                        iou_thresh: float = 0.9) -> tuple[int, int]:
+    """How many of ``reference``'s detections ``other`` reproduces: (reproduced, total).
+
+    Both map image id -> {"boxes": [D, 4] XYXY, "scores": [D], "classes": [D]} (an image missing from ``other``
+    reproduces nothing). Per image, reference detections in descending score order each take the unmatched
+    ``other`` detection of the same class with the highest IoU, if that IoU >= iou_thresh (PRECISION.
+    DETECTIONS_REPRODUCED: bf16 against fp32, IoU >= 0.9). Greedy one-to-one matching, as COCOeval's.
+    """
+    reproduced = total = 0
+    for image_id, ref in reference.items():
+        boxes, scores, classes = (torch.as_tensor(ref[k]) for k in ("boxes", "scores", "classes"))
+        total += int(scores.numel())
+        if image_id not in other or scores.numel() == 0:
+            continue
+        mine = other[image_id]
+        o_boxes, o_classes = torch.as_tensor(mine["boxes"]), torch.as_tensor(mine["classes"])
+        if o_boxes.numel() == 0:
+            continue
+        iou = pairwise_iou(boxes.double(), o_boxes.double())  # [D_ref, D_other]
+        iou[classes[:, None] != o_classes[None, :]] = -1.0
+        taken = torch.zeros(o_boxes.shape[0], dtype=torch.bool)
+        for i in torch.argsort(scores, descending=True, stable=True).tolist():
+            row = iou[i].masked_fill(taken, -1.0)
+            best = int(row.argmax())
+            if row[best] >= iou_thresh:
+                taken[best] = True
+                reproduced += 1
+    return reproduced, total

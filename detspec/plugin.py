@@ -7,11 +7,18 @@ Options (group "detspec"):
   --clause-report PATH write the clause x implementation results as JSON (atomically: an interrupted write
                        leaves the earlier file or none, never half a file).
   --clause-table       print the clause table at the end of the run.
+  --dtype DTYPE        fp32 (default) | bf16 | fp16. fp32 runs the ordinary suite. bf16 / fp16 run only the
+                       low-precision tests (marker ``low_precision``, detspec/conformance/test_precision.py; issue 16),
+                       and the report covers only the clauses they check (spec.clauses.LOW_PRECISION_CLAUSES); the
+                       other run's clauses are listed by name, never mixed into the table.
 
 Markers: ``clause(*ids)`` ties a test to spec clauses (unknown IDs are a usage error); ``gpu`` (skipped
-without CUDA); ``triton`` (skipped without triton); ``slow``.
+without CUDA); ``triton`` (skipped without triton); ``slow``; ``low_precision`` (collected only under
+``--dtype bf16|fp16``; every other test only under fp32).
 
-Fixtures: ``impl`` (parametrized over the selected implementations), ``reference_impl`` and ``device``.
+Fixtures: ``impl`` (parametrized over the selected implementations), ``reference_impl``, ``device`` and
+``precision`` (the run's dtype; ``precision.accept(what, details)`` records that a low-precision test passed only
+by the discrete-margin rule of spec/tolerances.py, which makes the test "passed within precision").
 Before a test runs, the plugin checks that ``impl`` provides every contract name the test calls as
 ``impl.NAME``; if not, the test is reported "not implemented" instead of running. A ``NotImplementedComponent``
 raised during the test (a name reached another way) is reported the same way.
@@ -27,10 +34,13 @@ call phase passed, nothing else of it failed and it ran to the end:
                     KeyboardInterrupt), ``-x``/``--maxfail``, or the run died.
   not run           collected but never started because the run stopped early.
   skipped / not implemented.
+  within precision  the call passed, with differences from the float64 reference that the discrete-margin rule
+                    accepts (``precision.accept``); a passing outcome.
 
 Clause statuses, per implementation, strongest first: fail, error, timeout, interrupted, incomplete (a test of the
 clause did not run), partial (some tests passed, others could not run for a missing name), not implemented,
-pass, skip, untested (no test of the clause was selected). The first five are failing statuses.
+pass (within precision) (tests passed, at least one within precision), pass, skip, untested (no test of the clause
+was selected). The first five are failing statuses; "pass (within precision)" is a passing one.
 
 The report's top level says whether the run is whole: ``complete`` (false when the session was interrupted,
 a test did not finish or did not run, a test errored outside any clause, or collection failed), ``interrupted``
@@ -61,18 +71,21 @@ from detspec import impls as _impls
 from detspec.io.fileio import atomic_write_json
 from detspec.report import (
     FAILING_STATUSES,  # noqa: F401  (re-exported: the statuses that fail a run)
+    WITHIN_PRECISION,
     format_table,
 )
 from spec import SPEC_VERSION
-from spec.clauses import CLAUSES
+from spec.clauses import CLAUSES, LOW_PRECISION_CLAUSES
 from spec.contract import CONTRACT, PLANNED
+from spec.tolerances import LOW_PRECISION_DTYPES, PRECISION_DTYPES
 
-STATUS_ORDER = ("fail", "error", "timeout", "interrupted", "incomplete", "partial", "not implemented", "pass", "skip",
-                "untested")
+STATUS_ORDER = ("fail", "error", "timeout", "interrupted", "incomplete", "partial", "not implemented",
+                WITHIN_PRECISION, "pass", "skip", "untested")
 # test outcome -> the clause status it forces (in this order of precedence)
 _FAILING_OUTCOMES = (("failed", "fail"), ("error", "error"), ("timeout", "timeout"), ("interrupted", "interrupted"),
                      ("not run", "incomplete"))
 _SPEC_COLUMN = "(spec)"
+_WITHIN_KEY = "detspec.within_precision"  # user property: why a low-precision test passed only within precision
 _CONFIG: dict[str, pytest.Config] = {}  # the session's config, for hooks that do not receive it
 
 
@@ -87,6 +100,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write clause x implementation results as JSON to PATH")
     group.addoption("--clause-table", action="store_true", default=False, dest="detspec_table",
                     help="print the clause table at the end of the run")
+    group.addoption("--dtype", default="fp32", dest="detspec_dtype", choices=tuple(PRECISION_DTYPES),
+                    help="fp32 (default): the ordinary suite; bf16 / fp16: only the low-precision tests "
+                         "(ratio rule and discrete-margin rule of spec/tolerances.py)")
 
 
 def _impl_names(config: pytest.Config) -> list[str]:
@@ -106,6 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "gpu: needs a CUDA device; skipped without one",
         "triton: exercises a Triton kernel; skipped without triton",
         "slow: a long-running test",
+        "low_precision: a low-precision test, collected only under --dtype bf16|fp16 (issue 16)",
     ):
         config.addinivalue_line("markers", line)
     _CONFIG["config"] = config
@@ -136,13 +153,14 @@ def pytest_configure(config: pytest.Config) -> None:
             resolved[name] = _impls.resolve(name)
         except _impls.ImplResolutionError as exc:
             raise pytest.UsageError(str(exc)) from exc
-    config._detspec = _State(resolved, device)  # type: ignore[attr-defined]
+    config._detspec = _State(resolved, device, config.getoption("detspec_dtype") or "fp32")  # type: ignore[attr-defined]
 
 
 class _State:
-    def __init__(self, impls: dict[str, _impls.Impl], device: str):
+    def __init__(self, impls: dict[str, _impls.Impl], device: str, dtype: str = "fp32"):
         self.impls = impls
         self.device = device
+        self.dtype = dtype  # "fp32", "bf16" or "fp16" (--dtype)
         # nodeid -> {impl, clauses, phases: {when: [outcome, reason, timed_out]}, crash: str}, for clause tests
         self.results: dict[str, dict[str, Any]] = {}
         self.started: set[str] = set()  # pytest_runtest_logstart seen (any test)
@@ -168,7 +186,7 @@ def _current() -> _State | None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     st = _state(config)
     return [f"detspec: spec {SPEC_VERSION}; implementations under test: {', '.join(st.impls)}; "
-            f"device: {st.device}"]
+            f"device: {st.device}; dtype: {st.dtype}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -194,6 +212,31 @@ def device(request: pytest.FixtureRequest):
     return torch.device(_state(request.config).device)
 
 
+class Precision:
+    """The run's dtype for a low-precision test, and the record of differences it accepted.
+
+    ``name`` is "fp32", "bf16" or "fp16", ``dtype`` the torch dtype. ``accept(what, details)`` notes that the
+    implementation differs from the float64 reference in discrete outputs the discrete-margin rule accepts
+    (spec.tolerances.within_discrete_margin): the test, if it passes, is reported "within precision".
+    """
+
+    def __init__(self, name: str, node: pytest.Item):
+        self.name = name
+        self.dtype = PRECISION_DTYPES[name]
+        self.is_low = name in LOW_PRECISION_DTYPES
+        self._node = node
+
+    def accept(self, what: str, details: list[str] | tuple[str, ...] = ()) -> None:
+        shown = "; ".join(details[:3]) + (f"; ... ({len(details)} in all)" if len(details) > 3 else "")
+        self._node.user_properties.append((_WITHIN_KEY, f"{what}: {shown}" if shown else what))
+
+
+@pytest.fixture
+def precision(request: pytest.FixtureRequest) -> Precision:
+    """The run's dtype (--dtype) and the within-precision record of the running test."""
+    return Precision(_state(request.config).dtype, request.node)
+
+
 def _clause_ids(item: pytest.Item) -> list[str]:
     ids: list[str] = []
     for mark in item.iter_markers("clause"):
@@ -206,6 +249,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if unknown:
         lines = "\n".join(f"  {cid} in {nodeid}" for cid, nodeid in unknown)
         raise pytest.UsageError(f"tests reference clauses that spec/clauses.py does not register:\n{lines}")
+    low = _state(config).dtype in LOW_PRECISION_DTYPES
+    selected = [item for item in items if (item.get_closest_marker("low_precision") is not None) == low]
+    if len(selected) != len(items):  # fp32 runs the ordinary suite, bf16/fp16 only the low-precision tests
+        config.hook.pytest_deselected(items=[item for item in items if item not in selected])
+        items[:] = selected
     cuda = None
     for item in items:
         if item.get_closest_marker("gpu"):
@@ -390,7 +438,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     elif report.skipped:
         entry["phases"][report.when] = ["skipped", _skip_reason(report), False]
     else:
+        within = [str(v) for k, v in report.user_properties if k == _WITHIN_KEY] if report.when == "call" else []
         entry["phases"][report.when] = ["passed", "", False]
+        if within:
+            entry["within"] = within
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
@@ -429,6 +480,8 @@ def _test_outcome(st: _State, nodeid: str, entry: dict[str, Any]) -> tuple[str, 
                 return "not implemented", reason.split(_impls.NOT_IMPLEMENTED_PREFIX, 1)[-1]
             return "skipped", reason
     if phases.get("call", (None,))[0] == "passed":
+        if entry.get("within"):
+            return "within precision", "; ".join(entry["within"])[:600]
         return "passed", ""
     return "error", "no report of the test's call phase"
 
@@ -436,8 +489,13 @@ def _test_outcome(st: _State, nodeid: str, entry: dict[str, Any]) -> tuple[str, 
 def build_report(config: pytest.Config) -> dict[str, Any]:
     """The clause report.
 
-    ``{spec_version, device, impls, timeout, complete, interrupted, stop_reason, problems, unattributed,
-    clauses: {clause id: {text, source, results: {impl: {status, tests: [[nodeid, outcome, reason], ...]}}}}}``
+    ``{spec_version, device, dtype, impls, timeout, complete, interrupted, stop_reason, problems, unattributed,
+    clauses: {clause id: {text, source, results: {impl: {status, tests: [[nodeid, outcome, reason], ...]}}}},
+    other_dtype_clauses}``
+
+    ``clauses`` holds the clauses of this run's dtype: under bf16/fp16 the low-precision clauses
+    (spec.clauses.LOW_PRECISION_CLAUSES), under fp32 all the others; a clause of the other kind that a test of this
+    run checked is included too. ``other_dtype_clauses`` names the rest (checked by a run with another --dtype).
     """
     st = _state(config)
     columns = list(st.impls)
@@ -450,8 +508,13 @@ def build_report(config: pytest.Config) -> dict[str, Any]:
         counts[outcome] = counts.get(outcome, 0) + 1
         for cid in r["clauses"]:
             by_clause.setdefault(cid, {}).setdefault(r["impl"], []).append([nodeid, outcome, reason])
+    low = st.dtype in LOW_PRECISION_DTYPES
     clauses = {}
+    other_dtype: list[str] = []
     for cid, clause in CLAUSES.items():
+        if (cid in LOW_PRECISION_CLAUSES) != low and cid not in by_clause:
+            other_dtype.append(cid)
+            continue
         results = {}
         for name in columns:
             tests = by_clause.get(cid, {}).get(name, [])
@@ -474,9 +537,10 @@ def build_report(config: pytest.Config) -> dict[str, Any]:
     problems.extend(f"{nodeid}: {msg}" for nodeid, _, msg in unattributed)
     problems.extend(st.problems)
     timeout = config.getoption("timeout", None)
-    return {"spec_version": SPEC_VERSION, "device": st.device, "impls": columns,
+    return {"spec_version": SPEC_VERSION, "device": st.device, "dtype": st.dtype, "impls": columns,
             "timeout": float(timeout) if timeout else None, "complete": not problems, "interrupted": interrupted,
-            "stop_reason": st.stop_reason, "problems": problems, "unattributed": unattributed, "clauses": clauses}
+            "stop_reason": st.stop_reason, "problems": problems, "unattributed": unattributed, "clauses": clauses,
+            "other_dtype_clauses": other_dtype}
 
 
 def aggregate(outcomes: list[str]) -> str:
@@ -486,7 +550,8 @@ def aggregate(outcomes: list[str]) -> str:
     ran past the per-test timeout. interrupted: a test started and did not finish. incomplete: a test did not run
     because the run stopped early. (These five are failing statuses, in this order of precedence.)
     partial: some tests passed, others could not run for a missing name. not implemented: no test could run for
-    a missing name. pass: tests passed (others may be skipped, e.g. GPU tests without CUDA). skip: everything
+    a missing name. pass (within precision): tests passed, at least one only by the discrete-margin rule (a
+    passing status). pass: tests passed (others may be skipped, e.g. GPU tests without CUDA). skip: everything
     skipped. untested: no test of the clause was selected.
     """
     if not outcomes:
@@ -494,8 +559,11 @@ def aggregate(outcomes: list[str]) -> str:
     for outcome, status in _FAILING_OUTCOMES:
         if outcome in outcomes:
             return status
+    passed = "passed" in outcomes or "within precision" in outcomes
     if "not implemented" in outcomes:
-        return "partial" if "passed" in outcomes else "not implemented"
+        return "partial" if passed else "not implemented"
+    if "within precision" in outcomes:
+        return WITHIN_PRECISION
     if "passed" in outcomes:
         return "pass"
     return "skip"

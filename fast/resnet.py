@@ -10,7 +10,9 @@ Differences from the reference (none changes the result beyond float rounding):
   kernels prefer; outputs are channels-last tensors of the usual [N, C, H, W] shape.
 - Eval mode (``not self.training``): each conv + FrozenBN runs as one conv with folded weights,
   W' = W * s and b' = shift with s = w / sqrt(var + eps), shift = b - mean * s (per output channel).
-  The folded tensors are cached per conv and recomputed when any source tensor changes: the cache key holds each
+  Under autocast (PRECISION.AUTOCAST) the cached fold is stored in the autocast dtype, so no conv weight is cast
+  again on later calls. The folded tensors are cached per conv and recomputed when any source tensor changes: the
+  cache key (which includes that dtype) holds each
   source's identity, storage pointer, version counter, dtype and device, so ``load_state_dict``, optimizer
   steps, in-place edits under ``torch.no_grad()`` and ``.to(...)`` all invalidate it. Writes through ``.data``
   bypass version counters; call ``ResNet.clear_folded()`` after those.
@@ -39,6 +41,13 @@ def _channels_last(t: Tensor) -> Tensor:
     return t if t.is_contiguous(memory_format=_CL) else t.contiguous(memory_format=_CL)
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The low dtype autocast runs convs in on this device right now, or None (PRECISION.AUTOCAST)."""
+    if device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 class Conv2d(layout.Conv2d):
     """Bias-free conv + FrozenBN held as ``.norm``; ``forward(x, relu=False)`` optionally applies ReLU in place."""
 
@@ -55,9 +64,10 @@ class Conv2d(layout.Conv2d):
         if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
             w, b = self.norm.fold(self.weight)  # differentiable; not cached
             return _channels_last(w), b
+        low = _autocast_dtype(self.weight.device)  # under autocast: cache the folded conv already cast
         try:
             key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
-            key += (self.norm.eps,)
+            key += (self.norm.eps, low)
         except RuntimeError:  # inference tensors carry no version counter: fold without caching
             with torch.no_grad():
                 w, b = self.norm.fold(self.weight)
@@ -70,6 +80,8 @@ class Conv2d(layout.Conv2d):
             with torch.inference_mode(False), torch.no_grad():
                 w, b = self.norm.fold(self.weight)
                 w = w.contiguous(memory_format=_CL)
+                if low is not None:  # autocast would cast these on every call (they are not leaf parameters)
+                    w, b = w.to(low), b.to(low)
             self._folded = cached = (key, w, b)
         return cached[1], cached[2]
 

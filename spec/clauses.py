@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from spec.config import (
     BASE_RCNN_FPN,
     PARAMETER_COUNTS,
@@ -27,6 +29,7 @@ from spec.config import (
     TORCHVISION,
     TV_BATCHED_NMS_LOOP_ABOVE,
 )
+from spec.tolerances import RATIO_RULE_FACTOR, discrete_tolerance
 
 
 @dataclass(frozen=True)
@@ -418,6 +421,78 @@ register("RCNN.TORCHVISION_EQUIVALENCE", "with converted torchvision weights in 
          "equal scores; also when the RPN's logits saturate (sigmoid exactly 1.0), given PROPOSAL."
          "TORCHVISION_RANKING", "issue 5, issue 11; torchvision models/detection", ("FasterRCNN",))
 
+
+# ------------------------------------------------------------------------------------------- low precision (issue 16)
+# Checked by `detspec check --dtype bf16|fp16` (detspec/conformance/test_precision.py): the run's report holds these
+# clauses only, and an fp32 run's report all the others. Numbers: spec/tolerances.py (DTYPE_TOLERANCES,
+# RATIO_RULE_FACTOR, RATIO_FLOORS, within_discrete_margin).
+LOW_PRECISION_CLAUSES: set[str] = set()
+_LP_SOURCE = "issue 16; spec/tolerances.py"
+
+
+def _low(id: str, text: str, components: tuple[str, ...] = ()) -> None:
+    register(id, text, _LP_SOURCE, components)
+    LOW_PRECISION_CLAUSES.add(id)
+
+
+_RF = f"{RATIO_RULE_FACTOR:g}"
+_RH = _D2.roi_heads
+_LEVEL_BOUNDARIES = [_RH.canonical_box_size * 2.0 ** (k - _RH.canonical_level)
+                     for k in range(_RH.min_level + 1, _RH.max_level + 1)]
+_NMS_TOL_BF16 = f"{discrete_tolerance(_D2.rpn.nms_thresh, torch.bfloat16):.4g}"
+_low("PRECISION.RATIO_RULE", "with inputs rounded to the low dtype (bf16 or fp16) and modules under autocast (or "
+     "their autocast_dtype), a continuous output's max |impl - ref64| is at most RATIO_RULE_FACTOR "
+     f"({_RF}) x max |naive - ref64| + floor, where ref64 is detspec's reference run in float64 on the same rounded "
+     "inputs, naive the reference run in the low dtype, and floor RATIO_FLOORS' multiple of eps(dtype) x max |ref64|")
+_low("PRECISION.DISCRETE_MARGIN", "a discrete output (kept index, label, level, class, rank) may differ from the "
+     "float64 reference's only where the reference's own margin (the gap to the threshold or to the next score) is "
+     "within atol + rtol x |boundary| of DTYPE_TOLERANCES[dtype] (bf16 at "
+     f"{_F('rpn.nms_thresh')}: {_NMS_TOL_BF16}); such a test is 'pass (within precision)', any other difference "
+     "fails")
+_low("PRECISION.IOU", "pairwise_iou of boxes rounded to the low dtype follows the ratio rule", ("pairwise_iou",))
+_low("PRECISION.BOX_CODER", "encode_boxes and decode_boxes (with the RPN's and the box head's weights and the "
+     "clamp) follow the ratio rule", ("encode_boxes", "decode_boxes"))
+_low("PRECISION.NMS", "nms and batched_nms keep the float64 reference's boxes, in its order, except where the "
+     "discrete-margin rule accepts a difference (an IoU within tol of the threshold, scores tied within tol)",
+     ("nms", "batched_nms"))
+_low("PRECISION.MATCH", f"the matcher at {_F('rpn.iou_thresholds')} gives the float64 reference's labels and indices "
+     "except for a quality within tol of a threshold, of another GT's quality, or of a GT's best (low-quality "
+     "matches)", ("match",))
+_low("PRECISION.LEVELS", "assign_levels gives the float64 reference's levels except for boxes whose level value "
+     "canonical_level + log2(sqrt(area) / canonical_box_size + eps) is within tol of the integer level it is floored "
+     f"against (sqrt(area) near {'/'.join(value_text(b) for b in _LEVEL_BOUNDARIES)}, "
+     "ROIHeadsConfig.canonical_box_size x 2^j)",
+     ("assign_levels",))
+_low("PRECISION.ROI_ALIGN", "roi_align and multilevel_roi_align (ROIs away from level boundaries) follow the ratio "
+     "rule", ("roi_align", "multilevel_roi_align"))
+_low("PRECISION.PROPOSALS", "select_proposals keeps the float64 reference's proposals in its order (per-level NMS "
+     "at RPNConfig.nms_thresh), except where the discrete-margin rule accepts a difference", ("select_proposals",))
+_low("PRECISION.INFERENCE", "fast_rcnn_inference keeps the float64 reference's detections (score threshold, "
+     "per-class NMS, classes, order), except where the discrete-margin rule accepts a difference; kept boxes and "
+     "scores are the inputs' within the low dtype's tolerance", ("fast_rcnn_inference",))
+_low("PRECISION.BACKBONE", "ResNet + FPN outputs under autocast follow the ratio rule", ("ResNet", "FPN"))
+_low("PRECISION.RPN_HEAD", "RPNHead logits and deltas under autocast follow the ratio rule", ("RPNHead",))
+_low("PRECISION.MVIT", "PoolingAttention outputs and MViT logits (reduced MViT-B 16x4) under autocast_dtype or "
+     "autocast follow the ratio rule", ("PoolingAttention", "MViT"))
+_low("PRECISION.DETECTOR", "the Faster R-CNN detector under autocast_dtype (or autocast) has at most "
+     f"RATIO_RULE_FACTOR ({_RF}) x as many detections without a partner in the float64 reference's (same class, box "
+     "IoU >= 0.9, one to one) as the reference detector under torch.autocast in the low dtype, plus one",
+     ("FasterRCNN",))
+
+# The bf16 fast path's clauses (their tests are the fast path's, not the --dtype run's).
+register("PRECISION.AUTOCAST", "With autocast_dtype set (bf16 or fp16), the detector's and MViT's convolutions and "
+         "matrix products run in that dtype; normalisation statistics and softmax run in float32.", "issue 16",
+         ("FasterRCNN", "MViT"))
+register("PRECISION.GEOMETRY_FP32", "Box decoding, IoU, NMS, proposal ranking, FPN level assignment and ROIAlign's "
+         "sampling coordinates and weights are computed in float32 (float64 stays float64) whatever the compute "
+         "dtype.", "issue 16", ("decode_boxes", "pairwise_iou", "nms", "select_proposals", "assign_levels",
+                                "roi_align"))
+register("PRECISION.OUTPUT_FP32", "Under autocast the detector returns float32 boxes and scores and MViT float32 "
+         "logits.", "issue 16", ("FasterRCNN", "MViT"))
+register("PRECISION.CPU_CAPABILITY", "Benchmarks record the CPU's bf16 capability (AVX512-BF16, AMX); without it "
+         "the bf16 path still runs.", "issue 16")
+register("PRECISION.DETECTIONS_REPRODUCED", "On the synthetic set with the demo model, bf16 reproduces at least 95% "
+         "of the fp32 detections (same class, IoU >= 0.9)", "issue 16", ("FasterRCNN",))
 
 # ------------------------------------------------------------------------------------------------ MViT (issue 6)
 # The MViT clauses live in their own module; importing it registers them here.

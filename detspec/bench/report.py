@@ -61,6 +61,8 @@ def machine_line(data: dict[str, Any]) -> str:
         f"torch {m.get('torch_version', '?')} ({m.get('torch_num_threads', '?')} threads)",
         f"torchvision {m.get('torchvision_version', '?')}",
     ]
+    if m.get("cpu_bf16"):
+        parts.append(f"CPU bf16: {m['cpu_bf16']}")
     if m.get("gpu_name"):
         parts.append(f"GPU {m['gpu_name']}")
     if m.get("load_average_1_5_15"):

@@ -1,7 +1,13 @@
 """``detspec check``: run the conformance suite against implementations and print the clause table.
 
-  detspec check [--impl NAME ...] [--device cpu|cuda] [--report PATH] [-k EXPR] [--workers N]
-                [--timeout SECONDS] [-- PYTEST_ARGS...]
+  detspec check [--impl NAME ...] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--report PATH] [-k EXPR]
+                [--workers N] [--timeout SECONDS] [-- PYTEST_ARGS...]
+
+--dtype (issue 16): fp32, the default, runs the ordinary suite. bf16 or fp16 runs only the low-precision tests
+(detspec/conformance/test_precision.py): continuous outputs against the float64 reference by the ratio rule,
+discrete ones (kept indices, labels, levels, classes, ranks) by the discrete-margin rule of spec/tolerances.py; a
+test whose differences that rule accepts is "pass (within precision)", a passing status. The table's header line
+and the report name the dtype; the table holds only the clauses of that run.
 
 Clause statuses (see detspec.plugin): pass, partial, not implemented, skip, untested; and the failing ones:
 fail (a test failed), error (a setup/teardown failed or an xdist worker crashed, e.g. the port called os._exit),
@@ -53,6 +59,7 @@ import pytest
 import detspec.conformance
 from detspec.io.fileio import UserError, atomic_write, check_output
 from detspec.report import any_failed, format_table, is_complete
+from spec.tolerances import PRECISION_DTYPES
 
 DEFAULT_TIMEOUT = 300.0  # seconds per test; 0 disables
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -116,7 +123,7 @@ def pytest_argv(args: argparse.Namespace, report_path: Path, ini_path: Path) -> 
     suite = suite_dir()
     argv = [str(suite), "-c", str(ini_path), "--rootdir", str(suite), "--confcutdir", str(suite),
             "-p", "no:cacheprovider", "-p", "no:benchmark", "-q", "--no-header", "-rfE",
-            f"--clause-report={report_path}", f"--device={args.device}"]
+            f"--clause-report={report_path}", f"--device={args.device}", f"--dtype={getattr(args, 'dtype', 'fp32')}"]
     if not (suite / "conftest.py").exists():
         argv.append("--noconftest")
     autoload_off = bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"))
@@ -207,6 +214,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="reference, fast, torchvision or module[:attribute] (repeatable; "
                             "default reference and fast)")
     check.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    check.add_argument("--dtype", choices=tuple(PRECISION_DTYPES), default="fp32",
+                       help="fp32 (default): the ordinary suite; bf16 or fp16: the low-precision conformance tests "
+                            "(ratio rule and discrete-margin rule of spec/tolerances.py)")
     check.add_argument("--report", metavar="PATH", help="also write the clause results as JSON")
     check.add_argument("-k", metavar="EXPR", help="only tests matching this pytest -k expression")
     check.add_argument("--workers", type=int, metavar="N", help="run with pytest-xdist on N processes")

@@ -29,7 +29,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from detspec.conformance._util import assert_close, cpu
+from detspec.conformance._util import assert_close, cpu, randomize_parameters
 from spec.mvit import (
     MVIT_B_16,
     MVIT_B_16X4,
@@ -65,21 +65,7 @@ def _empty(cls, *args, **kwargs) -> torch.nn.Module:
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Give every parameter a random value of a sensible scale (LayerNorm ~1, biases ~0.2, fan-in scaled
-    matrices), so that no term of the computation is hidden by a zero or identity initialisation."""
-    g = _gen(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            for name, p in m.named_parameters(recurse=False):
-                noise = torch.randn(p.shape, generator=g).to(torch.float64)
-                if isinstance(m, torch.nn.LayerNorm) and name == "weight":
-                    value = 1.0 + 0.2 * noise
-                elif p.dim() == 1:
-                    value = 0.2 * noise
-                else:
-                    value = noise / math.sqrt(p[0].numel())
-                p.copy_(value.to(p.dtype))
-    return module
+    return randomize_parameters(module, _gen(seed))
 
 
 def _twin(impl_cls, ref_cls, args, kwargs, seed, device):

@@ -561,6 +561,27 @@ def test_no_size_filter_in_detectron2_profile(impl, device):
     assert i.tolist() == [1]
 
 
+def _near_inference_tie(boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int],
+                        iou_margin: float = 1e-4, score_margin: float = 1e-6) -> bool:
+    """float64 boxes [R, 4K] and scores [R, K+1] of one image: does a candidate's score lie within score_margin of
+    INF.score_thresh, or do two same-class candidates (score above it; boxes clipped to size) have an IoU within
+    iou_margin of INF.nms_thresh? Non-finite rows are ignored (they are dropped)."""
+    h, w = size
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    b = boxes[finite].reshape(-1, scores.shape[1] - 1, 4)
+    sc = scores[finite][:, :-1]
+    b = torch.stack([b[..., 0].clamp(0, w), b[..., 1].clamp(0, h), b[..., 2].clamp(0, w), b[..., 3].clamp(0, h)], -1)
+    if bool(((sc - INF.score_thresh).abs() < score_margin).any()):
+        return True
+    for j in range(sc.shape[1]):
+        cand = b[sc[:, j] > INF.score_thresh, j]
+        iou = spec_iou(cand, cand)
+        off_diagonal = ~torch.eye(cand.shape[0], dtype=torch.bool)
+        if bool((((iou - INF.nms_thresh).abs() < iou_margin) & off_diagonal).any()):
+            return True
+    return False
+
+
 @pytest.mark.clause("ROI.INFER_THRESH", "ROI.INFER_NMS", "ROI.INFER_TOPK", "ROI.INFER_CLIP")
 @given(st.data())
 def test_inference_matches_reference(impl, reference_impl, device, data):
@@ -576,6 +597,10 @@ def test_inference_matches_reference(impl, reference_impl, device, data):
             pair[0, 0] = float("nan")
         for pair in scores[0]:
             pair[2, -1] = float("inf")
+    # the float32 run is compared with the float64 reference, so an example whose outcome float32 rounding can
+    # flip is not a verdict on the implementation: a same-class IoU within 1e-4 of nms_thresh, or a score within
+    # 1e-6 of score_thresh (found by hypothesis: a pair at IoU 0.5 - 3e-7 in float64 that float32 rounds up)
+    assume(not any(_near_inference_tie(b64, s64, size) for (_, b64), (_, s64), size in zip(boxes, scores, sizes)))
     expected = reference_impl.fast_rcnn_inference([b for _, b in boxes], [s for _, s in scores], sizes,
                                                   topk_per_image=topk)
     out = infer(impl, device, [b for b, _ in boxes], [s for s, _ in scores], sizes, topk_per_image=topk)

@@ -29,7 +29,7 @@ from torch import nn
 from detspec.data.synthetic import CATEGORY_IDS, CLASS_NAMES, CocoDetectionDataset, make_synthetic_coco
 from detspec.demo.config import DEMO_IMAGE_SIZE, DEMO_MAX_OBJECTS, DEMO_RCNN, DEMO_SCHEDULE
 from detspec.demo.train import TrainConfig, barrier, build_model, init_distributed, resolve_device, train
-from detspec.evaluation import evaluate
+from detspec.evaluation import evaluate, reproduced_fraction
 from detspec.io.categories import CategoryMap
 from detspec.io.coco import detections_to_coco_results, write_results
 from detspec.io.fileio import atomic_write
@@ -75,6 +75,21 @@ def evaluate_model(model: nn.Module, ann_path: Path, results_path: Path | None =
     stats = evaluate(ann_path, results)
     stats["per_image"] = per_image
     return stats
+
+
+def evaluate_low_precision(model: nn.Module, ann_path: Path, fp32_per_image: dict[int, dict],
+                           dtype: torch.dtype) -> dict[str, Any]:
+    """The same evaluation with the model under ``autocast_dtype=dtype`` (PRECISION.AUTOCAST): AP, AP50, AP75 and
+    how many of the fp32 detections it reproduces (PRECISION.DETECTIONS_REPRODUCED: same class, IoU >= 0.9)."""
+    previous = model.autocast_dtype
+    model.autocast_dtype = dtype
+    try:
+        stats = evaluate_model(model, ann_path)
+    finally:
+        model.autocast_dtype = previous
+    reproduced, total = reproduced_fraction(fp32_per_image, stats["per_image"], 0.9)
+    return {"dtype": str(dtype).removeprefix("torch."), **{k: stats[k] for k in ("AP", "AP50", "AP75")},
+            "reproduced": reproduced, "of": total, "reproduced_fraction": reproduced / total if total else 1.0}
 
 
 def draw_detections(ann_path: Path, per_image: dict[int, dict], out_dir: Path, count: int,
@@ -155,12 +170,17 @@ def run_demo(iters: int = DEMO_SCHEDULE.iterations, out: str | Path = "demo_out"
     say(f"trained:   AP50 {after['AP50']:.3f}  AP {after['AP']:.3f}  ({after['num_detections']} detections, "
         f"{time.perf_counter() - t:.1f} s)")
     print(after["summary"], end="", flush=True)
+    t = time.perf_counter()
+    low = evaluate_low_precision(model, ann_path, after["per_image"], torch.bfloat16)
+    say(f"trained, bf16 autocast: AP50 {low['AP50']:.3f}  AP {low['AP']:.3f}; reproduces {low['reproduced']} of "
+        f"{low['of']} fp32 detections ({100 * low['reproduced_fraction']:.1f}%: same class, IoU >= 0.9; "
+        f"{time.perf_counter() - t:.1f} s)")
     total = time.perf_counter() - start
     metrics.update(
         trained={k: after[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")},
         iterations=iters, images_per_batch=images_per_batch, world_size=info.world_size, impl=impl, seed=seed,
         device=str(dev), train_seconds=summary["seconds"], total_seconds=total,
-        final_losses=summary["final_losses"], val_images=val_images,
+        final_losses=summary["final_losses"], val_images=val_images, trained_bf16=low,
     )
     atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     say(f"AP50: untrained {metrics['untrained']['AP50']:.3f} -> trained {after['AP50']:.3f} "

@@ -66,7 +66,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["torch_num_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["cpu_model"] = cpu_model()
-    machine_info["cpu_bf16"] = bf16_support()  # PRECISION.CPU_CAPABILITY
+    machine_info["cpu_bf16"] = bf16_support()  # issue 16: bf16 speed depends on it
     machine_info["bench_device"] = _device_name(config)
     if hasattr(os, "getloadavg"):  # other processes on the machine skew CPU timings: record the load
         machine_info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]

@@ -84,8 +84,8 @@ def reproduced_fraction(reference: Mapping[Any, Mapping[str, Any]], other: Mappi
 
     Both map image id -> {"boxes": [D, 4] XYXY, "scores": [D], "classes": [D]} (an image missing from ``other``
     reproduces nothing). Per image, reference detections in descending score order each take the unmatched
-    ``other`` detection of the same class with the highest IoU, if that IoU >= iou_thresh (PRECISION.
-    DETECTIONS_REPRODUCED: bf16 against fp32, IoU >= 0.9). Greedy one-to-one matching, as COCOeval's.
+    ``other`` detection of the same class with the highest IoU, if that IoU >= iou_thresh (the demo's bf16 against
+    fp32 figure uses 0.9). Greedy one-to-one matching, as COCOeval's.
     """
     reproduced = total = 0
     for image_id, ref in reference.items():

@@ -479,20 +479,17 @@ _low("PRECISION.DETECTOR", "the Faster R-CNN detector under autocast_dtype (or a
      "IoU >= 0.9, one to one) as the reference detector under torch.autocast in the low dtype, plus one",
      ("FasterRCNN",))
 
-# The bf16 fast path's clauses (their tests are the fast path's, not the --dtype run's).
-register("PRECISION.AUTOCAST", "With autocast_dtype set (bf16 or fp16), the detector's and MViT's convolutions and "
-         "matrix products run in that dtype; normalisation statistics and softmax run in float32.", "issue 16",
-         ("FasterRCNN", "MViT"))
-register("PRECISION.GEOMETRY_FP32", "Box decoding, IoU, NMS, proposal ranking, FPN level assignment and ROIAlign's "
-         "sampling coordinates and weights are computed in float32 (float64 stays float64) whatever the compute "
-         "dtype.", "issue 16", ("decode_boxes", "pairwise_iou", "nms", "select_proposals", "assign_levels",
-                                "roi_align"))
-register("PRECISION.OUTPUT_FP32", "Under autocast the detector returns float32 boxes and scores and MViT float32 "
-         "logits.", "issue 16", ("FasterRCNN", "MViT"))
-register("PRECISION.CPU_CAPABILITY", "Benchmarks record the CPU's bf16 capability (AVX512-BF16, AMX); without it "
-         "the bf16 path still runs.", "issue 16")
-register("PRECISION.DETECTIONS_REPRODUCED", "On the synthetic set with the demo model, bf16 reproduces at least 95% "
-         "of the fp32 detections (same class, IoU >= 0.9)", "issue 16", ("FasterRCNN",))
+# A model's own low-precision mode (autocast_dtype; layout/precision.py), checked in the same --dtype run: the
+# detector's parameterised compute runs in the run's dtype, its geometry in float32, its outputs come back in float32.
+_low("PRECISION.AUTOCAST", "With autocast_dtype set (bf16 or fp16), the detector's convolutions and linear layers "
+     "(backbone, FPN, RPN head, box head and predictor) run in that dtype; normalisation statistics and softmax run in "
+     "float32.", ("FasterRCNN",))
+_low("PRECISION.GEOMETRY_FP32", "Under autocast_dtype, proposal decoding and selection (NMS, ranking), the ROI "
+     "coordinates given to the pooler (FPN level assignment, ROIAlign's sampling coordinates and weights) and "
+     "detection inference receive float32 inputs and run with autocast off (float64 stays float64).",
+     ("FasterRCNN",))
+_low("PRECISION.OUTPUT_FP32", "Under autocast_dtype the detector returns float32 boxes and scores and MViT float32 "
+     "logits.", ("FasterRCNN", "MViT"))
 
 # ------------------------------------------------------------------------------------------------ MViT (issue 6)
 # The MViT clauses live in their own module; importing it registers them here.

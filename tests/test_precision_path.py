@@ -1,10 +1,9 @@
-"""The low-precision path of the detector and MViT (layout/precision.py; issue 16).
+"""The low-precision path of the detector and MViT (layout/precision.py; issue 16), beyond the conformance tests.
 
-PRECISION.AUTOCAST: with autocast_dtype set, every convolution and linear layer of the detector produces the low
-dtype. PRECISION.GEOMETRY_FP32: the geometry (proposal decoding and selection, ROI coordinates and pooling's
-sampling, detection inference, training targets) receives float32 inputs and runs with autocast off.
-PRECISION.OUTPUT_FP32: boxes, scores and MViT logits come back in float32. The numbers these paths produce are
-judged by `detspec check --dtype bf16` (detspec/conformance/test_precision.py) and measured in the demo.
+Which op runs in which dtype (PRECISION.AUTOCAST, GEOMETRY_FP32, OUTPUT_FP32) is checked by
+detspec/conformance/test_precision.py::test_detector_autocast_dtype, which the project's test run reaches through
+tests/test_check_dtype.py (a `detspec check --dtype bf16` run); here: the float32 default, training under bf16,
+the argument checks, the reproduction metric and the commands' --dtype.
 """
 
 from __future__ import annotations
@@ -14,12 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
 import fast
 import reference
 from detspec.cli import main
+from detspec.conformance.test_precision import PrecisionRecorder
 from detspec.demo.config import DEMO_RCNN
 from detspec.evaluation import reproduced_fraction
 from layout.precision import DTYPE_CHOICES, check_autocast_dtype
@@ -41,69 +39,13 @@ def _images():
     return [torch.rand(3, 96, 128, generator=g) * 255, torch.rand(3, 64, 96, generator=g) * 255]
 
 
-_MATMUL_OPS = ("conv2d", "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum")
-
-
-class _Recorder(TorchFunctionMode):
-    """Every convolution / matrix product's output dtype and whether autocast was on (a public torch function
-    mode: it sees F.conv2d / F.linear calls, fused or not), and the input dtypes and autocast state of the three
-    geometry entry points."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.ops: list[tuple[str, torch.dtype, bool]] = []
-        self.geometry: list[tuple[str, list[torch.dtype], bool]] = []
-        heads, rpn = model.roi_heads, model.proposal_generator
-        # instance attributes shadow the class's staticmethods / methods, so these wrappers see every call
-        heads.pooler = self._wrap("pooler", heads.pooler, lambda a: [a[1].dtype])  # rois
-        heads.inference = self._wrap("inference", heads.inference,
-                                     lambda a: [t.dtype for t in (*a[0], *a[1])])  # boxes, scores
-        rpn.propose = self._wrap("propose", rpn.propose,
-                                 lambda a: [t.dtype for t in (*a[0], *a[1], *a[2])])  # anchors, logits, deltas
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if getattr(func, "__name__", "") in _MATMUL_OPS and isinstance(out, torch.Tensor):
-            self.ops.append((func.__name__, out.dtype, torch.is_autocast_enabled("cpu")))
-        return out
-
-    def _wrap(self, name, fn, dtypes):
-        def wrapper(*args, **kwargs):
-            self.geometry.append((name, dtypes(args), torch.is_autocast_enabled("cpu")))
-            return fn(*args, **kwargs)
-        return wrapper
-
-
-@pytest.mark.parametrize("which", ["fast", "reference"])
-def test_bf16_compute_with_float32_geometry_and_outputs(which):
-    model = _model(which, torch.bfloat16)
-    with _Recorder(model) as rec, torch.inference_mode():
-        out = model(_images())
-    # PRECISION.AUTOCAST: the backbone's, FPN's and RPN head's convs and the box head's linears ran in bf16 (the
-    # demo config: at least 9 ResNet convs, 8 FPN convs, the RPN head's 3x3, box head fc1/fc2 and the predictor)
-    compute = [(name, dtype) for name, dtype, autocast_on in rec.ops if autocast_on]
-    assert sum(name == "conv2d" for name, _ in compute) >= 18 and sum(name == "linear" for name, _ in compute) >= 3
-    assert {dtype for _, dtype in compute} == {torch.bfloat16}, compute
-    # what ran with autocast off (geometry, e.g. the static NMS's bmm) stayed in float32
-    assert {dtype for _, dtype, on in rec.ops if not on} <= {torch.float32}
-    # PRECISION.GEOMETRY_FP32: each geometry stage ran once, on float32 inputs, with autocast off
-    assert sorted(name for name, _, _ in rec.geometry) == ["inference", "pooler", "propose"]
-    for name, dtypes, autocast_on in rec.geometry:
-        assert set(dtypes) == {torch.float32}, (name, dtypes)
-        assert not autocast_on, name
-    # PRECISION.OUTPUT_FP32
-    assert sum(len(o["scores"]) for o in out) > 0
-    for o in out:
-        assert o["boxes"].dtype == o["scores"].dtype == torch.float32
-        assert o["classes"].dtype == torch.int64
-
-
 @pytest.mark.parametrize("which", ["fast", "reference"])
 def test_default_runs_every_layer_in_float32(which):
     model = _model(which, None)
-    with _Recorder(model) as rec, torch.inference_mode():
+    with PrecisionRecorder(model) as rec, torch.inference_mode():
         model(_images()[:1])
-    assert rec.ops and {dtype for _, dtype, _ in rec.ops} == {torch.float32}
+    assert len(rec.ops) >= 20 and {dtype for _, dtype, _ in rec.ops} == {torch.float32}
+    assert sorted(name for name, _, _ in rec.geometry) == ["inference", "pooler", "propose"]
     assert not any(on for _, _, on in rec.ops) and not any(on for _, _, on in rec.geometry)
 
 

@@ -1,4 +1,4 @@
-"""What the CPU offers the low-precision path (PRECISION.CPU_CAPABILITY), recorded in every benchmark's metadata.
+"""What the CPU offers the low-precision path (issue 16), recorded in every benchmark's metadata.
 
 bf16 matrix products are fast on a CPU with bf16 dot-product instructions: AVX512-BF16 (``avx512_bf16`` in
 /proc/cpuinfo: AMD Zen 4 and later, Intel Cooper Lake / Sapphire Rapids) or AMX tiles (``amx_bf16``: Intel Sapphire

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from detspec.conformance._util import (
     assert_ratio_rule,
@@ -38,6 +39,7 @@ from detspec.conformance._util import (
     randomize_parameters,
     spec_iou,
 )
+from detspec.impls import NotImplementedComponent
 from spec.config import BASE_RCNN_FPN
 from spec.mvit import MVIT_B_16X4
 from spec.tolerances import DTYPE_TOLERANCES, discrete_tolerance, within_discrete_margin
@@ -574,3 +576,85 @@ def test_detector_detections(impl, precision, device, detector_case):
                              f"{naive_missed} (the naive {dt} reference) + 1")
     if missed:
         precision.accept("detector", [f"{missed} detections without a float64 partner (naive {dt}: {naive_missed})"])
+
+
+# ================================================================================================ autocast_dtype
+_MATMUL_OPS = ("conv2d", "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum")
+# the detector's geometry entry points (layout/rcnn.py's meta-architecture) -> the input dtypes to record
+_GEOMETRY_CALLS = {
+    ("proposal_generator", "propose"): lambda a: [t.dtype for t in (*a[0], *a[1], *a[2])],  # anchors, logits, deltas
+    ("roi_heads", "pooler"): lambda a: [a[1].dtype],  # rois
+    ("roi_heads", "inference"): lambda a: [t.dtype for t in (*a[0], *a[1])],  # per-image boxes, scores
+}
+
+
+class PrecisionRecorder(TorchFunctionMode):
+    """Every convolution / matrix product's output dtype and whether autocast was on (torch's public function
+    mode sees each F.conv2d / F.linear call, fused or not), and the input dtypes and autocast state of the
+    detector's three geometry entry points (wrapped on the instance)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.ops: list[tuple[str, torch.dtype, bool]] = []
+        self.geometry: list[tuple[str, list[torch.dtype], bool]] = []
+        for (child, name), dtypes in _GEOMETRY_CALLS.items():
+            owner = getattr(model, child, None)
+            fn = getattr(owner, name, None)
+            if not callable(fn):
+                raise NotImplementedComponent(f"FasterRCNN.{child}.{name} (layout/rcnn.py's structure)")
+            setattr(owner, name, self._wrap(name, fn, dtypes))  # shadows the class attribute
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") in _MATMUL_OPS and isinstance(out, torch.Tensor):
+            self.ops.append((func.__name__, out.dtype, _autocast_on()))
+        return out
+
+    def _wrap(self, name, fn, dtypes):
+        def wrapper(*args, **kwargs):
+            self.geometry.append((name, dtypes(args), _autocast_on()))
+            return fn(*args, **kwargs)
+        return wrapper
+
+
+def _autocast_on() -> bool:
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
+
+@pytest.mark.clause("PRECISION.AUTOCAST", "PRECISION.GEOMETRY_FP32", "PRECISION.OUTPUT_FP32")
+def test_detector_autocast_dtype(impl, precision, device, detector_case):
+    """FasterRCNN(autocast_dtype=dt): every conv and linear that runs with autocast on produces dt, and there are
+    at least the backbone's, the RPN head's and the box head's; the proposal, pooler and inference entry points get
+    float32 inputs with autocast off; boxes and scores come back float32. A port whose FasterRCNN has no
+    autocast_dtype, or not layout/rcnn.py's structure, is "not implemented" here."""
+    if not _takes_autocast(impl.FasterRCNN):
+        raise NotImplementedComponent("FasterRCNN(autocast_dtype=...)")
+    dt = precision.dtype
+    state, image_low, _, _ = detector_case
+    model = _sharpened_detector(impl.FasterRCNN, autocast_dtype=dt)
+    model.load_state_dict(state)
+    model = model.to(device)
+    with PrecisionRecorder(model) as rec, torch.no_grad():
+        dets = model([image_low.float().to(device)])[0]
+    compute = [(name, dtype) for name, dtype, on in rec.ops if on]
+    # ResNet-50 has 53 convs (a fused or folded implementation may call fewer, but not fewer than the 4 stages'
+    # 16 blocks), the RPN head at least one per level, the box head 2 linears and the predictor at least 1
+    assert sum(n == "conv2d" for n, _ in compute) >= 16 + 5 and sum(n == "linear" for n, _ in compute) >= 3, compute
+    assert {dtype for _, dtype in compute} == {dt}, [c for c in compute if c[1] != dt][:5]       # PRECISION.AUTOCAST
+    assert {dtype for _, dtype, on in rec.ops if not on} <= {torch.float32, torch.float64}
+    assert sorted(name for name, _, _ in rec.geometry) == ["inference", "pooler", "propose"], rec.geometry
+    for name, dtypes, on in rec.geometry:                                                        # GEOMETRY_FP32
+        assert set(dtypes) == {torch.float32} and not on, (name, dtypes, on)
+    assert dets["boxes"].dtype == dets["scores"].dtype == torch.float32                         # OUTPUT_FP32
+
+
+@pytest.mark.clause("PRECISION.OUTPUT_FP32")
+def test_mvit_autocast_logits_are_float32(impl, precision, device, mvit_case):
+    if not _takes_autocast(impl.MViT):
+        raise NotImplementedComponent("MViT(autocast_dtype=...)")
+    state, clip_low, _, _ = mvit_case
+    model = impl.MViT(SMALL_V1, autocast_dtype=precision.dtype).eval()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        logits = model.to(device)(clip_low.float().to(device))
+    assert logits.dtype == torch.float32 and bool(torch.isfinite(logits).all())

@@ -80,7 +80,7 @@ def evaluate_model(model: nn.Module, ann_path: Path, results_path: Path | None =
 def evaluate_low_precision(model: nn.Module, ann_path: Path, fp32_per_image: dict[int, dict],
                            dtype: torch.dtype) -> dict[str, Any]:
     """The same evaluation with the model under ``autocast_dtype=dtype`` (PRECISION.AUTOCAST): AP, AP50, AP75 and
-    how many of the fp32 detections it reproduces (PRECISION.DETECTIONS_REPRODUCED: same class, IoU >= 0.9)."""
+    how many of the fp32 detections it reproduces (same class, IoU >= 0.9, one to one; README 'Low precision')."""
     previous = model.autocast_dtype
     model.autocast_dtype = dtype
     try:

@@ -239,3 +239,14 @@ def test_export_command_errors_are_one_line(tmp_path, capsys, argv, message):
         assert (tmp_path / "x.onnx").read_bytes() == b"weights"  # never overwritten
     else:
         assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_list_names_every_component(capsys):
+    """`detspec export --list` (README "Deploying with ONNX"): one line per component, with its static arguments."""
+    from detspec.onnx.components import COMPONENTS
+
+    assert main(["export", "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(COMPONENTS)
+    assert "nms" in COMPONENTS and "roi_align" in COMPONENTS
+    assert any(line.startswith("roi_align") and "aligned=" in line for line in lines)

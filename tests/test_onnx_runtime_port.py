@@ -138,3 +138,44 @@ def test_select_proposals_training_refuses_non_finite_winners():
     assert len(R.select_proposals(props, logits, [(200, 200)], 0.7, 5, 5, 0.0)[0][0]) >= 1
     with pytest.raises(FloatingPointError):
         R.select_proposals(props, logits, [(200, 200)], 0.7, 5, 5, 0.0, training=True)
+
+
+def test_select_proposals_takes_fasts_signature():
+    """The port's select_proposals binds its arguments to fast's signature (same names, order, keyword-only
+    rank_by / score_thresh and defaults): positional, keyword and default calls give the same proposals."""
+    import inspect
+
+    import fast
+
+    assert inspect.signature(R.select_proposals) == inspect.signature(fast.select_proposals)
+    props = [boxes(30, 7).reshape(1, 30, 4)]
+    logits = [torch.randn(1, 30, generator=torch.Generator().manual_seed(7))]
+    positional = R.select_proposals(props, logits, [(200, 200)], 0.7, 1000, 1000, 0.0, False)
+    keywords = R.select_proposals(proposals=props, logits=logits, image_sizes=[(200, 200)], nms_thresh=0.7)
+    defaults = R.select_proposals(props, logits, [(200, 200)])
+    for a, b in ((positional, keywords), (positional, defaults)):
+        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1])
+    with pytest.raises(TypeError):
+        R.select_proposals(props, logits, [(200, 200)], 0.7, 1000, 1000, 0.0, False, "sigmoid")  # keyword-only
+
+
+@pytest.mark.slow
+def test_check_command_prints_the_onnxruntime_table(tmp_path):
+    """`detspec check --impl onnxruntime` (the README's command), on the NMS clauses: runs, passes them, and
+    prints the clause table and the summary line for onnxruntime."""
+    import json
+    import os
+    import subprocess
+
+    report = tmp_path / "report.json"
+    env = dict(os.environ, HYPOTHESIS_STORAGE_DIRECTORY=str(tmp_path / ".hypothesis"))
+    proc = subprocess.run([sys.executable, "-m", "detspec.cli", "check", "--impl", "onnxruntime", "--report",
+                           str(report), "-k", "nms"], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
+            if line.startswith("NMS.") and len(line.split()) > 1}
+    assert {rows.get(c) for c in ("NMS.STRICT", "NMS.ORDER", "NMS.GREEDY", "NMS.BATCHED")} == {"pass"}, rows
+    assert "onnxruntime:" in proc.stdout
+    clauses = json.loads(report.read_text())["clauses"]
+    assert clauses["NMS.STRICT"]["results"]["onnxruntime"]["status"] == "pass"

@@ -29,6 +29,7 @@ RUN_BY = {
     "bench": ("tests/test_bench_cli.py", "bench.main"),
     "vectors": ("tests/test_vectors.py", '"vectors"'),
     "classify": ("tests/test_cli_mvit.py", "classify"),
+    "export": ("tests/test_onnx_end_to_end.py", '"export"'),
 }
 
 

@@ -1,5 +1,5 @@
-"""``detspec detect IMAGE... --weights W [--profile detectron2|torchvision] [--resize default|none] [--out DIR]
-[--image-ids ANNOTATIONS.json|ID,ID,...]``.
+"""``detspec detect IMAGE... --weights W|MODEL.onnx [--profile detectron2|torchvision] [--resize default|none]
+[--out DIR] [--image-ids ANNOTATIONS.json|ID,ID,...]``.
 
 Runs the Faster R-CNN on image files and writes, under --out (default ./detections):
   detections.json   COCO results ([{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]) in
@@ -8,6 +8,13 @@ Runs the Faster R-CNN on image files and writes, under --out (default ./detectio
                     (input photos/x.jpg -> DIR/x.png)
 --resize default applies the profile's test transform (detectron2: short side 800, long side <= 1333;
 torchvision: GeneralizedRCNNTransform); --resize none feeds each image at its own size, padded to /32.
+
+ONNX. With --weights MODEL.onnx (a model written by `detspec export WEIGHTS MODEL.onnx`), the model runs on ONNX
+Runtime (CPU) through detspec.onnx.detector.run_onnx_detector: the profile, the pixel format and the
+class-to-category map come from the model's metadata (--profile may repeat the exported profile, not contradict
+it; --impl and --dtype keep their defaults, the model runs as exported). The outputs and progress lines are those
+of a .pth. A missing or unloadable .onnx file, or one without detspec's metadata, is refused before any image is
+read; an ONNX Runtime failure on an image stops the run with one line naming the image (no detections.json).
 
 Image ids. By default an image's id is the number in its file name: the last run of digits 0-9 in the name
 without its extension (000000397133.jpg -> 397133, frame_12.png -> 12). If an image's name has no number, or two
@@ -165,6 +172,62 @@ def check_out_dir(out: str | Path) -> Path:
     return d
 
 
+def is_onnx(weights: str) -> bool:
+    """--weights is an exported ONNX model (by its extension, case-insensitively)."""
+    return str(weights).lower().endswith(".onnx")
+
+
+def _torch_model(args: argparse.Namespace):
+    """(predict(image, path) -> detections, the input config, the category table) of a .pth/.pkl checkpoint."""
+    profile = args.profile or "detectron2"
+    cfg = get_profile(profile)
+    state_dict = load_checkpoint(args.weights)
+    key = "roi_heads.box_predictor.cls_score.weight"
+    num_classes = int(state_dict[key].shape[0]) - 1
+    impl = __import__(args.impl)
+    model = impl.FasterRCNN(cfg, num_classes=num_classes, resize=args.resize == "default",
+                            autocast_dtype=DTYPE_CHOICES[args.dtype]).eval()
+    model.load_state_dict(state_dict)
+    names = category_table(num_classes, "torchvision" if profile == "torchvision" else "detectron2")
+
+    def predict(image: torch.Tensor, path: str) -> dict:
+        with torch.no_grad():
+            (det,) = model([image])
+        return det
+
+    return predict, cfg.input, names
+
+
+def _onnx_model(args: argparse.Namespace):
+    """The same triple for a model written by `detspec export`, run on ONNX Runtime (CPU): the profile, the
+    input config and the categories come from the model's metadata."""
+    for flag, value, default in (("--impl", args.impl, "fast"), ("--dtype", args.dtype, "fp32")):
+        if value != default:
+            raise UserError(f"{flag} {value} does not apply to an ONNX model ({args.weights}): it runs as exported, "
+                            f"on ONNX Runtime; leave {flag} out")
+    try:
+        from detspec.onnx.detector import load_detector, run_onnx_detector
+    except ImportError as exc:
+        raise UserError(f"{args.weights}: running an ONNX model needs the onnx extra "
+                        f"(pip install -e '.[onnx]'): {exc}") from None
+    detector = load_detector(args.weights)
+    if args.profile is not None and args.profile != detector.profile:
+        raise UserError(f"--profile {args.profile} contradicts {args.weights}, which was exported with the "
+                        f"{detector.profile} profile; leave --profile out or give --profile {detector.profile}")
+    resize = args.resize == "default"
+
+    def predict(image: torch.Tensor, path: str) -> dict:
+        try:
+            (det,) = run_onnx_detector(detector, [image], resize=resize)
+        except Exception as exc:  # onnxruntime's own error classes: one line naming the image and the model
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path}: ONNX Runtime failed to run {args.weights} on this image "
+                            f"({tuple(image.shape[1:])} pixels): {first[:200]}") from None
+        return det
+
+    return predict, detector.input_cfg, list(detector.categories)
+
+
 def run(args: argparse.Namespace) -> int:
     # everything that can be refused is refused before the checkpoint is read
     images = [str(p) for p in args.images]
@@ -181,15 +244,10 @@ def run(args: argparse.Namespace) -> int:
         for png in pngs:
             check_output(png, inputs, what="drawn image")
 
-    cfg = get_profile(args.profile)
-    state_dict = load_checkpoint(args.weights)
-    key = "roi_heads.box_predictor.cls_score.weight"
-    num_classes = int(state_dict[key].shape[0]) - 1
-    impl = __import__(args.impl)
-    model = impl.FasterRCNN(cfg, num_classes=num_classes, resize=args.resize == "default",
-                            autocast_dtype=DTYPE_CHOICES[args.dtype]).eval()
-    model.load_state_dict(state_dict)
-    names = category_table(num_classes, "torchvision" if args.profile == "torchvision" else "detectron2")
+    if is_onnx(args.weights):
+        predict, input_cfg, names = _onnx_model(args)
+    else:
+        predict, input_cfg, names = _torch_model(args)
     category_map = CategoryMap([cid for cid, _ in names], dict(names))  # ascending ids: index c = class c
 
     out.mkdir(exist_ok=True)
@@ -203,8 +261,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"detspec detect: skipped {exc}", file=sys.stderr, flush=True)
             continue
         start = time.perf_counter()
-        with torch.no_grad():
-            (det,) = model([to_profile_format(rgb, cfg.input)])
+        det = predict(to_profile_format(rgb, input_cfg), path)
         seconds = time.perf_counter() - start
         boxes, scores, classes = det["boxes"], det["scores"], det["classes"]
         results += detections_to_coco_results(image_id, boxes, scores, classes, category_map)
@@ -223,8 +280,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("detect", help="run the Faster R-CNN on images; write COCO results JSON and drawn PNGs")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--weights", required=True,
-                   help="a detectron2 .pkl/.pth, a torchvision state dict or a `detspec convert` output")
-    p.add_argument("--profile", choices=("detectron2", "torchvision"), default="detectron2")
+                   help="a detectron2 .pkl/.pth, a torchvision state dict, a `detspec convert` output, or an .onnx "
+                        "model written by `detspec export` (run on ONNX Runtime)")
+    p.add_argument("--profile", choices=("detectron2", "torchvision"), default=None,
+                   help="the model's profile (default detectron2; for an .onnx model, the profile it was exported "
+                        "with, which --profile may repeat but not contradict)")
     p.add_argument("--resize", choices=("default", "none"), default="default")
     p.add_argument("--out", default="detections",
                    help="output directory (default ./detections; created if only its last component is missing)")

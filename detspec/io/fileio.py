@@ -4,7 +4,9 @@ files it reads.
 Every file a ``detspec`` command writes (checkpoints, results JSON, reports, drawn PNGs, vectors) goes
 through :func:`atomic_write`: the bytes go to a temporary file in the destination's directory, are flushed
 and fsynced, and only then replace the destination with ``os.replace`` (atomic on POSIX and Windows). An
-interrupt, a crash or a full disk leaves the earlier file as it was, or no file, never a truncated one.
+interrupt, a crash or a full disk leaves the earlier file as it was, or no file, never a truncated one. The
+file gets the permissions an ordinary write would give: a replaced file keeps its mode, a new one gets
+``0o666 & ~umask`` (not the temporary file's 0o600).
 
 :func:`check_output` turns the usual output mistakes into one-line :class:`UserError` messages before any
 work is done: a missing parent directory, an output that is a directory, and an output that is also one of
@@ -55,6 +57,35 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     return out
 
 
+def _current_umask() -> int:
+    """The process umask: from /proc/self/status on Linux, else by setting it and restoring it at once (there is
+    no read-only call; the set-and-restore is not atomic for other threads creating files at that moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(dest: Path) -> int:
+    """The permission bits a replaced file keeps (its own mode), or those of a newly created file (0o666 & ~umask,
+    as open() gives): mkstemp creates the temporary file 0o600, which would otherwise become the file's mode."""
+    try:
+        return os.stat(dest).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_current_umask()
+
+
+def _chmod_fd(fd: int, mode: int) -> None:
+    if hasattr(os, "fchmod"):  # POSIX; on Windows the temporary file's permissions are already the usual ones
+        os.fchmod(fd, mode)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on a clean exit it replaces ``path``, otherwise it is removed."""
@@ -66,6 +97,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as fh:
             yield fh
             fh.flush()
+            _chmod_fd(fh.fileno(), _final_mode(dest))
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:

@@ -138,27 +138,101 @@ def export_detector(model: torch.nn.Module, path: str | None, profile: str, cate
     return proto
 
 
+REQUIRED_METADATA = ("profile", "input_config", "categories")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxDetector:
+    """An exported detector loaded on ONNX Runtime (CPU), with what its metadata says.
+
+    profile: "detectron2" or "torchvision"; input_cfg: the model's own InputConfig (its profile's, with the
+    exported values); categories: (COCO category id, name) per detspec class index, in class order."""
+
+    session: Any
+    profile: str
+    input_cfg: Any
+    categories: tuple[tuple[int, str], ...]
+
+    def __call__(self, images: Sequence[Tensor], resize: bool = True) -> list[dict[str, Tensor]]:
+        return run_onnx_detector(self, images, resize=resize)
+
+
+def _metadata_error(source: str, problem: str) -> ValueError:
+    return ValueError(f"{source}: {problem}; not a detector written by `detspec export WEIGHTS OUT.onnx`")
+
+
+def detector_from_session(sess: Any, source: str = "the ONNX model") -> OnnxDetector:
+    """Read the profile, input config and categories from an ONNX Runtime session's metadata; ValueError naming
+    `source` when the model is not an exported detector."""
+    from spec.config import PROFILES
+
+    meta = sess.get_modelmeta().custom_metadata_map
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing or [i.name for i in sess.get_inputs()] != ["batch", "upper"]:
+        raise _metadata_error(source, "no " + ", ".join(repr(k) for k in missing) + " metadata" if missing else
+                              "its inputs are not (batch, upper)")
+    if meta["profile"] not in PROFILES:
+        raise _metadata_error(source, f"unknown profile {meta['profile']!r} in its metadata")
+    try:
+        values = {k: tuple(x) if isinstance(x, list) else x for k, x in json.loads(meta["input_config"]).items()}
+        input_cfg = dataclasses.replace(PROFILES[meta["profile"]].input, **values)  # the model's own input
+        cats = json.loads(meta["categories"])
+        categories = tuple((int(c["id"]), str(c["name"])) for c in cats)
+        classes = [int(c["class"]) for c in cats]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _metadata_error(source, f"unreadable input_config / categories metadata ({exc})") from None
+    ids = [cid for cid, _ in categories]
+    if classes != list(range(len(cats))) or not ids or ids != sorted(set(ids)):
+        raise _metadata_error(source, "its categories metadata is not one ascending category id per class")
+    return OnnxDetector(sess, meta["profile"], input_cfg, categories)
+
+
+def load_detector(path: str | Any, threads: int | None = None) -> OnnxDetector:
+    """An exported detector from a file, on ONNX Runtime's CPU provider (`threads` intra-op threads; None: ONNX
+    Runtime's default); ValueError / FileNotFoundError naming the file when it is missing, not an ONNX model ONNX
+    Runtime can load, or not an exported detector."""
+    import os
+
+    import onnxruntime as ort
+
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, not an ONNX model")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such ONNX model")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors are reported below, as one line
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    try:
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: ONNX Runtime cannot load it as a model ({first[:200]})") from None
+    return detector_from_session(sess, str(path))
+
+
 def run_onnx_detector(path_or_session: Any, images: Sequence[Tensor], resize: bool = True) -> list[dict[str, Tensor]]:
     """Images [3, H, W] in the profile's pixel format -> per image {"boxes", "scores", "classes"} in original
-    pixels, as fast.FasterRCNN's eval output. The profile comes from the model's metadata."""
+    pixels, as fast.FasterRCNN's eval output. The profile comes from the model's metadata.
+
+    path_or_session: a path, an onnxruntime.InferenceSession or an OnnxDetector."""
     import onnxruntime as ort
 
     from fast.preprocess import preprocess
     from fast.roi_heads import detector_postprocess
-    from spec.config import PROFILES
 
-    sess = path_or_session
-    if not isinstance(sess, ort.InferenceSession):
-        sess = ort.InferenceSession(str(path_or_session), providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta().custom_metadata_map
-    values = {k: tuple(x) if isinstance(x, list) else x for k, x in json.loads(meta["input_config"]).items()}
-    input_cfg = dataclasses.replace(PROFILES[meta["profile"]].input, **values)  # the exported model's own input
+    if isinstance(path_or_session, OnnxDetector):
+        detector = path_or_session
+    elif isinstance(path_or_session, ort.InferenceSession):
+        detector = detector_from_session(path_or_session)
+    else:
+        detector = load_detector(path_or_session)
     results = []
     for img in images:
-        batch, sizes, originals = preprocess([img], input_cfg, resize=resize, dtype=torch.float32)
+        batch, sizes, originals = preprocess([img], detector.input_cfg, resize=resize, dtype=torch.float32)
         (h, w), original = sizes[0], originals[0]
         upper = np.array([w, h, w, h], dtype=np.float32)
-        boxes, scores, classes = sess.run(None, {"batch": batch.contiguous().numpy(), "upper": upper})
+        boxes, scores, classes = detector.session.run(None, {"batch": batch.contiguous().numpy(), "upper": upper})
         boxes_t, keep = detector_postprocess(torch.from_numpy(boxes), (h, w), original)
         results.append({"boxes": boxes_t[keep], "scores": torch.from_numpy(scores)[keep],
                         "classes": torch.from_numpy(classes)[keep]})

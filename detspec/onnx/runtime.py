@@ -13,7 +13,8 @@ are absent, so the suite reports them "not implemented".
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,13 +25,13 @@ from torch import Tensor
 
 from detspec.onnx.components import component_model, model_bytes, nms_threshold, static_key
 from fast.image_list import size_bounds
+from fast.proposals import select_proposals as fast_select_proposals
 from spec import validate as v
 from spec.config import BASE_RCNN_FPN, SCALE_CLAMP
 
 _ROI = BASE_RCNN_FPN.roi_heads
 _BOX = BASE_RCNN_FPN.box_head
 _INF = BASE_RCNN_FPN.inference
-_RPN = BASE_RCNN_FPN.rpn
 DIVERGED = "Predicted boxes or scores contain Inf/NaN. Training has diverged."
 
 
@@ -160,32 +161,32 @@ def detector_postprocess(boxes: Tensor, input_size: tuple[int, int],
 
 
 # ------------------------------------------------------------------------------------------ NMS
-def _check_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> float:
+def _graph_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None = None) -> Tensor:
+    """nms (groups None) and batched_nms: the contract's argument checks, then the component's graph."""
     v.check_boxes(boxes, "boxes")
     v.check_vector(scores, "scores", boxes.shape[0], floating=True, finite=True)
-    v.check_same_device("boxes", boxes, "scores", scores)
-    return v.check_threshold(iou_threshold, "iou_threshold")
+    others = {"scores": scores}
+    if groups is not None:
+        v.check_vector(groups, "groups", boxes.shape[0], floating=False)
+        others["groups"] = groups
+    for name, t in others.items():
+        v.check_same_device("boxes", boxes, name, t)
+    thr = v.check_threshold(iou_threshold, "iou_threshold")
+    if not boxes.shape[0]:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    dtype = _float_dtype(boxes, scores)
+    inputs = [boxes.to(dtype), scores.to(dtype)] + ([] if groups is None else [groups.to(torch.int64)])
+    (keep,) = run("nms" if groups is None else "batched_nms", dtype,
+                  inputs + [_scalar(nms_threshold(thr), torch.float32)])
+    return _t(keep, boxes.device, torch.int64)
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    thr = _check_nms(boxes, scores, iou_threshold)
-    if not boxes.shape[0]:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    dtype = _float_dtype(boxes, scores)
-    (keep,) = run("nms", dtype, [boxes.to(dtype), scores.to(dtype), _scalar(nms_threshold(thr), torch.float32)])
-    return _t(keep, boxes.device, torch.int64)
+    return _graph_nms(boxes, scores, iou_threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    thr = _check_nms(boxes, scores, iou_threshold)
-    v.check_vector(groups, "groups", boxes.shape[0], floating=False)
-    v.check_same_device("boxes", boxes, "groups", groups)
-    if not boxes.shape[0]:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    dtype = _float_dtype(boxes, scores)
-    (keep,) = run("batched_nms", dtype, [boxes.to(dtype), scores.to(dtype), groups.to(torch.int64),
-                                          _scalar(nms_threshold(thr), torch.float32)])
-    return _t(keep, boxes.device, torch.int64)
+    return _graph_nms(boxes, scores, iou_threshold, groups)
 
 
 # ------------------------------------------------------------------------------------------ ROI stage
@@ -276,11 +277,28 @@ def fast_rcnn_inference(boxes: Sequence[Tensor], scores: Sequence[Tensor], image
     return results
 
 
-def select_proposals(proposals: Sequence[Tensor], logits: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
-                     nms_thresh: float = _RPN.nms_thresh, pre_nms_topk: int = _RPN.pre_nms_topk_test,
-                     post_nms_topk: int = _RPN.post_nms_topk_test, min_box_size: float = _RPN.min_box_size,
-                     training: bool = False, *, rank_by: str = _RPN.rank_by,
-                     score_thresh: float | None = _RPN.score_thresh) -> list[tuple[Tensor, Tensor]]:
+def with_signature_of(like: Callable) -> Callable:
+    """Decorator: the port function takes `like`'s parameters, in its order, with its defaults (fast's: the
+    contract's names with the spec config's defaults), so that the two cannot drift; the body receives every
+    argument by keyword."""
+    signature = inspect.signature(like)
+
+    def wrap(body: Callable) -> Callable:
+        @functools.wraps(body)
+        def port(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return body(**bound.arguments)
+
+        port.__signature__ = signature  # type: ignore[attr-defined]
+        return port
+
+    return wrap
+
+
+@with_signature_of(fast_select_proposals)
+def select_proposals(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk, min_box_size,
+                     training, rank_by, score_thresh) -> list[tuple[Tensor, Tensor]]:
     num_images = v.check_select_args(proposals, logits, image_sizes, nms_thresh, pre_nms_topk, post_nms_topk)
     if rank_by not in ("logit", "sigmoid"):
         raise ValueError(f"rank_by must be one of ('logit', 'sigmoid'), got {rank_by!r}")

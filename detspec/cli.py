@@ -1,10 +1,20 @@
 """The ``detspec`` command.
 
-  detspec check [--impl NAME ...] [--device cpu|cuda] [--report PATH] [-k EXPR] [--workers N] [--timeout S]
-      Run the conformance suite against the implementations (default: reference and fast) and print the
+  detspec check [--impl NAME ...] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repro DIR] [--report PATH]
+                [-k EXPR] [--workers N] [--timeout S]
+      Run the conformance suite against the implementations (default: reference and fast; ``onnxruntime`` is the
+      ONNX Runtime port) and print the
       clause table (detspec/commands/check.py). Exits 1 if any clause fails, errs, times out (--timeout, default 300 s
       per test) or was interrupted, 2 on a usage error, 130/143 on SIGINT/SIGTERM (the partial table is still
       printed, marked INCOMPLETE), 0 otherwise ("not implemented" clauses of a partial port do not fail the run).
+      --dtype bf16|fp16 runs the low-precision suite instead; --repro DIR writes each failing test's case.
+
+  detspec repro CASE.json [--impl NAME] [--device cpu|cuda]
+      Replay one case written by check --repro: expected and actual side by side, the first difference marked;
+      exit 0 when the implementation passes it, 1 when not, 2 on a bad file (detspec/commands/repro.py).
+
+  detspec export WEIGHTS OUT.onnx [--profile ...] | detspec export --component NAME OUT.onnx | detspec export --list
+      The fast detector, or one contract function, as an ONNX model (detspec/onnx/; the `onnx` extra).
 
   detspec convert SRC DST --from torchvision-mvit [--model mvit_b_16x4|mvit_v2_s|mvit_b_16]
       Check a torchvision MViT state dict (a torch.save file, read with weights_only=True) against detspec's
@@ -20,13 +30,15 @@
       and float64 are converted). DST is written atomically and may not be SRC.
 
   detspec classify VIDEO.npy|.mp4 --weights W [--model ...] [--views 5x1] [--impl fast|reference] [--json OUT]
+                   [--dtype fp32|bf16|fp16]
       Multi-view video classification: N uniform clips x M crops, class probabilities averaged (K400 protocol
       for MViT-B 16x4: 5x1). Prints the top-5 classes and the cost as GFLOPs x views; --json also writes the
       logits of every view and the averaged probabilities over all classes.
 
-  detspec detect IMAGE... --weights W [--profile detectron2|torchvision] [--resize default|none] [--out DIR]
-      Run the Faster R-CNN; write DIR/detections.json (COCO results, original-image pixels) and one PNG per
-      image with the boxes and class names drawn (see detspec/commands/detect.py).
+  detspec detect IMAGE... --weights W|MODEL.onnx [--profile detectron2|torchvision] [--resize default|none]
+                 [--out DIR] [--dtype fp32|bf16|fp16]
+      Run the Faster R-CNN (an .onnx model on ONNX Runtime); write DIR/detections.json (COCO results,
+      original-image pixels) and one PNG per image with the boxes and class names drawn (detspec/commands/detect.py).
 
   detspec evaluate --annotations A --results R [--json OUT]
       COCO box evaluation with pycocotools; prints the standard 12-number summary.
@@ -55,9 +67,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detspec.commands import bench, check, classify, convert, demo, detect, evaluate, export, synth, vectors
+from detspec.commands import bench, check, classify, convert, demo, detect, evaluate, export, repro, synth, vectors
 
-COMMANDS = (check, convert, classify, bench, demo, vectors, detect, evaluate, synth, export)
+COMMANDS = (check, convert, classify, bench, demo, vectors, detect, evaluate, synth, export, repro)
 
 
 def build_parser() -> argparse.ArgumentParser:

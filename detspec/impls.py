@@ -62,10 +62,82 @@ class Impl:
             if name in CONTRACT or name in PLANNED:
                 raise NotImplementedComponent(name)
             raise AttributeError(f"{self.name} has no attribute {name!r}")
+        recorder = _RECORDER.get("current")
+        if recorder is not None and recorder.target is self and callable(value) and (
+                name in CONTRACT or name in PLANNED):
+            return recorder.wrap(name, value)
         return value
 
     def __repr__(self) -> str:
         return f"Impl({self.name!r})"
+
+
+# ------------------------------------------------------------------------------------------ call recording
+# ``detspec check --repro DIR`` (issue 13): while a test runs, the plugin installs a CallRecorder for the test's
+# implementation; contract calls through ``impl.NAME(...)`` are then recorded (name, arguments, result), and the
+# comparison helpers of detspec/conformance/_util.py record their failures, so the plugin can write the failing
+# call as a repro case. Without --repro no recorder is installed and ``Impl`` returns the port's callables as is.
+class CallRecorder:
+    """The recent contract calls of one implementation during one test, and the comparisons that failed."""
+
+    MAX_CALLS = 8
+    MAX_FAILURES = 8
+
+    def __init__(self, target: Impl):
+        self.target = target
+        self.calls: list[dict[str, Any]] = []  # newest last: {name, args, kwargs, result, error}
+        self.failures: list[dict[str, Any]] = []  # newest last: see detspec.conformance._util._record_failure
+
+    def wrap(self, name: str, fn: Any) -> Any:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            entry = {"name": name, "args": _snapshot(args), "kwargs": _snapshot(kwargs), "result": None,
+                     "error": None}
+            self.calls.append(entry)
+            del self.calls[:-self.MAX_CALLS]
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                raise
+            entry["result"] = result
+            return result
+
+        recorded.__name__ = getattr(fn, "__name__", name)
+        recorded.__doc__ = getattr(fn, "__doc__", None)
+        recorded.__wrapped__ = fn  # type: ignore[attr-defined]
+        return recorded
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of the call's arguments as they were passed (a port that writes into its inputs cannot change the
+    recorded case); containers are copied one level at a time, other objects are kept as they are."""
+    import torch  # noqa: PLC0415  (torch is imported by every implementation anyway)
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_snapshot(v) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _snapshot(v) for k, v in value.items()}
+    return value
+
+
+_RECORDER: dict[str, CallRecorder | None] = {"current": None}
+
+
+def start_recording(target: Impl) -> CallRecorder:
+    """Record the contract calls of ``target`` (and failing comparisons) until :func:`stop_recording`."""
+    recorder = CallRecorder(target)
+    _RECORDER["current"] = recorder
+    return recorder
+
+
+def stop_recording() -> None:
+    _RECORDER["current"] = None
+
+
+def current_recorder() -> CallRecorder | None:
+    return _RECORDER.get("current")
 
 
 def _torchvision_namespace() -> Any:

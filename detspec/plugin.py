@@ -7,6 +7,12 @@ Options (group "detspec"):
   --clause-report PATH write the clause x implementation results as JSON (atomically: an interrupted write
                        leaves the earlier file or none, never half a file).
   --clause-table       print the clause table at the end of the run.
+  --repro DIR          write each failing test's failing input as DIR/<test>.npz + DIR/<test>.json (issue 13;
+                       detspec/commands/repro.py has the format): the contract call of the implementation under test
+                       whose output failed a comparison helper of detspec/conformance/_util.py (for a hypothesis
+                       property test, the shrunk example), the expected and actual outputs and the tolerance rule.
+                       DIR is created if its parent exists; an existing case is never overwritten (the new one is
+                       numbered <test>-2, -3, ...). Replay one with ``detspec repro FILE --impl NAME``.
   --dtype DTYPE        fp32 (default) | bf16 | fp16. fp32 runs the ordinary suite. bf16 / fp16 run only the
                        low-precision tests (marker ``low_precision``, detspec/conformance/test_precision.py; issue 16),
                        and the report covers only the clauses they check (spec.clauses.LOW_PRECISION_CLAUSES); the
@@ -100,6 +106,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write clause x implementation results as JSON to PATH")
     group.addoption("--clause-table", action="store_true", default=False, dest="detspec_table",
                     help="print the clause table at the end of the run")
+    group.addoption("--repro", default=None, dest="detspec_repro", metavar="DIR",
+                    help="write each failing test's input (hypothesis: the shrunk example) as DIR/<test>.npz plus "
+                         "a JSON sidecar; replay one with `detspec repro FILE --impl NAME`")
     group.addoption("--dtype", default="fp32", dest="detspec_dtype", choices=tuple(PRECISION_DTYPES),
                     help="fp32 (default): the ordinary suite; bf16 / fp16: only the low-precision tests "
                          "(ratio rule and discrete-margin rule of spec/tolerances.py)")
@@ -147,6 +156,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # float32 tolerances assume IEEE float32 arithmetic: no TF32 in convolutions or matmuls
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    repro = config.getoption("detspec_repro")
+    if repro:
+        _prepare_repro_dir(repro)
     resolved: dict[str, _impls.Impl] = {}
     for name in _impl_names(config):
         try:
@@ -156,8 +168,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config._detspec = _State(resolved, device, config.getoption("detspec_dtype") or "fp32")  # type: ignore[attr-defined]
 
 
+def _prepare_repro_dir(path: str) -> Path:
+    """--repro DIR: DIR is created if its parent exists (a usage error otherwise, or if DIR is a file)."""
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise pytest.UsageError(f"--repro {path}: not a directory")
+    parent = directory.resolve().parent
+    if not directory.exists():
+        if not parent.is_dir():
+            raise pytest.UsageError(f"--repro {path}: the parent directory {parent} does not exist")
+        directory.mkdir(exist_ok=True)
+    return directory
+
+
 class _State:
     def __init__(self, impls: dict[str, _impls.Impl], device: str, dtype: str = "fp32"):
+        self.repro: list[str] = []  # one line per repro case written (or not written) by a failing test
         self.impls = impls
         self.device = device
         self.dtype = dtype  # "fp32", "bf16" or "fp16" (--dtype)
@@ -350,6 +376,67 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     return True
 
 
+_REPRO_KEY = "detspec.repro"  # user property of a failing test's call report: the repro case written (or why not)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Under --repro, record the contract calls and failing comparisons of the test's implementation."""
+    callspec = getattr(item, "callspec", None)
+    target = None
+    if item.config.getoption("detspec_repro") and callspec is not None and "impl" in callspec.params:
+        target = getattr(item, "funcargs", {}).get("impl")
+    if not isinstance(target, _impls.Impl):
+        yield
+        return
+    item._detspec_recorder = _impls.start_recording(target)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        _impls.stop_recording()
+
+
+def _exceptions(exc: BaseException | None) -> list[BaseException]:
+    """The exception, its causes and contexts, and the members of exception groups (hypothesis raises one when
+    a property test fails in several distinct ways)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
+    return seen
+
+
+def _write_repro(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -> str:
+    """Write the failing test's case under --repro DIR; returns the line the run prints about it."""
+    from detspec.commands.repro import write_case  # imported late: numpy and the case format, only under --repro
+
+    recorder = getattr(item, "_detspec_recorder", None)
+    item._detspec_recorder = None  # type: ignore[attr-defined]
+    if recorder is None:
+        return ""
+    raised = _exceptions(call.excinfo.value if call.excinfo is not None else None)
+    # the comparison whose AssertionError failed the test: hypothesis re-runs the shrunk example last and raises
+    # the exception of that run, so this is the minimal case, not an earlier (larger) failing example
+    failure = next((f for f in reversed(recorder.failures) if any(f["exc"] is e for e in raised)), None)
+    call_record = failure["call"] if failure is not None else (recorder.calls[-1] if recorder.calls else None)
+    if call_record is None:
+        return f"{item.nodeid}: no repro case (the test failed before calling {recorder.target.name})"
+    message = failure["message"] if failure is not None else _failure_line(report)
+    try:
+        path = write_case(item.config.getoption("detspec_repro"), nodeid=item.nodeid, clauses=_clause_ids(item),
+                          impl_name=recorder.target.name, device=_state(item.config).device,
+                          property_test=hasattr(getattr(item, "obj", None), "hypothesis"), failure=message,
+                          call=call_record, comparison=failure)
+    except (OSError, ValueError) as exc:
+        return f"{item.nodeid}: no repro case ({exc})"
+    note = "" if failure is not None and failure.get("selectors") else " (no replayable comparison recorded)"
+    return f"{path}{note}  <- {item.nodeid}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
@@ -358,6 +445,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.outcome = "skipped"
         path, lineno, _ = item.reportinfo()
         report.longrepr = (str(path), (lineno or 0) + 1, _impls.NOT_IMPLEMENTED_PREFIX + str(call.excinfo.value))
+    if call.when == "call" and getattr(item, "_detspec_recorder", None) is not None:
+        line = _write_repro(item, call, report) if report.failed else ""
+        item._detspec_recorder = None  # type: ignore[attr-defined]
+        if line:
+            report.user_properties.append((_REPRO_KEY, line))
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
@@ -428,6 +520,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             return
         else:
             return
+    if report.when == "call":
+        st.repro.extend(str(v) for k, v in report.user_properties if k == _REPRO_KEY)
     if report.when not in ("setup", "call", "teardown"):  # xdist: "worker 'gw0' crashed while running ..."
         entry["crash"] = str(report.longrepr or "the xdist worker crashed")
         return
@@ -586,7 +680,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if hasattr(config, "workerinput") or not config.getoption("detspec_table"):
+    if hasattr(config, "workerinput"):
+        return
+    st = _current()
+    if config.getoption("detspec_repro") and st is not None and st.repro:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(f"detspec repro cases ({len(st.repro)}; replay one with "
+                                    "`detspec repro FILE --impl NAME`):")
+        for line in st.repro:
+            terminalreporter.write_line(f"  {line}")
+    if not config.getoption("detspec_table"):
         return
     terminalreporter.write_line("")
     for line in format_table(build_report(config)).splitlines():

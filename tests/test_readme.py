@@ -30,6 +30,7 @@ RUN_BY = {
     "vectors": ("tests/test_vectors.py", '"vectors"'),
     "classify": ("tests/test_cli_mvit.py", "classify"),
     "export": ("tests/test_onnx_end_to_end.py", '"export"'),
+    "repro": ("tests/test_repro.py", '"repro"'),
 }
 
 

@@ -1,7 +1,10 @@
 """``detspec check``: run the conformance suite against implementations and print the clause table.
 
-  detspec check [--impl NAME ...] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--report PATH] [-k EXPR]
-                [--workers N] [--timeout SECONDS] [-- PYTEST_ARGS...]
+  detspec check [--impl NAME ...] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--report PATH] [--repro DIR]
+                [-k EXPR] [--workers N] [--timeout SECONDS] [-- PYTEST_ARGS...]
+
+--repro DIR (issue 13): each failing test writes its failing input, hypothesis-shrunk for a property test, as
+DIR/<test>.npz plus DIR/<test>.json (detspec/commands/repro.py: the format, and ``detspec repro`` to replay it).
 
 --dtype (issue 16): fp32, the default, runs the ordinary suite. bf16 or fp16 runs only the low-precision tests
 (detspec/conformance/test_precision.py): continuous outputs against the float64 reference by the ratio rule,
@@ -124,6 +127,8 @@ def pytest_argv(args: argparse.Namespace, report_path: Path, ini_path: Path) -> 
     argv = [str(suite), "-c", str(ini_path), "--rootdir", str(suite), "--confcutdir", str(suite),
             "-p", "no:cacheprovider", "-p", "no:benchmark", "-q", "--no-header", "-rfE",
             f"--clause-report={report_path}", f"--device={args.device}", f"--dtype={getattr(args, 'dtype', 'fp32')}"]
+    if getattr(args, "repro", None):
+        argv.append(f"--repro={args.repro}")
     if not (suite / "conftest.py").exists():
         argv.append("--noconftest")
     autoload_off = bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"))
@@ -152,9 +157,26 @@ def pytest_argv(args: argparse.Namespace, report_path: Path, ini_path: Path) -> 
     return argv + list(args.pytest_args)
 
 
+def repro_dir(path: str) -> Path:
+    """--repro DIR: created if its parent exists; a one-line UserError otherwise (or if DIR is a file)."""
+    directory = Path(path)
+    if str(path) == "":
+        raise UserError("the --repro directory is empty")
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory}: the --repro directory is a file")
+    parent = directory.resolve().parent
+    if not directory.exists():
+        if not parent.is_dir():
+            raise UserError(f"{directory}: the --repro directory's parent {parent} does not exist")
+        directory.mkdir()
+    return directory
+
+
 def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output(args.report, what="report")
+    if getattr(args, "repro", None):
+        repro_dir(args.repro)
     # conformance runs are reproducible: derandomized examples and no example database in the cwd
     os.environ.setdefault("HYPOTHESIS_PROFILE", "ci")
     with tempfile.TemporaryDirectory(prefix="detspec-check-") as tmp:
@@ -218,6 +240,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="fp32 (default): the ordinary suite; bf16 or fp16: the low-precision conformance tests "
                             "(ratio rule and discrete-margin rule of spec/tolerances.py)")
     check.add_argument("--report", metavar="PATH", help="also write the clause results as JSON")
+    check.add_argument("--repro", metavar="DIR",
+                       help="write each failing test's input (hypothesis: the shrunk example) as DIR/<test>.npz and "
+                            "DIR/<test>.json; replay with `detspec repro FILE --impl NAME` (DIR is created if its "
+                            "parent exists; existing cases are kept, new ones numbered)")
     check.add_argument("-k", metavar="EXPR", help="only tests matching this pytest -k expression")
     check.add_argument("--workers", type=int, metavar="N", help="run with pytest-xdist on N processes")
     check.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from spec.tolerances import (
-    assert_close,  # noqa: F401  (re-exported for the tests)
-    discrete_tolerance,
-    ratio_rule_check,
-    within_discrete_margin,
-)
+from detspec.impls import current_recorder
+from spec.tolerances import OVERRIDES, discrete_tolerance, ratio_rule_check, tolerance, within_discrete_margin
+from spec.tolerances import assert_close as _spec_assert_close
 
 
 def on(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -36,8 +34,118 @@ def cpu(t: Tensor) -> Tensor:
     return t.detach().cpu()
 
 
+# ---------------------------------------------------------------------------------- repro recording (issue 13)
+# Under ``detspec check --repro DIR`` a failing comparison is recorded with the contract call whose output it
+# compared (detspec.impls.CallRecorder); the plugin writes it as a repro case (detspec/commands/repro.py). The
+# helpers below behave exactly the same with or without recording.
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return torch.equal(a, b)
+
+
+def _rows_subsequence(full: Tensor, part: Tensor) -> list[int] | None:
+    """Indices i_0 < i_1 < ... with full[i_k] == part[k] (the first such), or None."""
+    rows: list[int] = []
+    i = 0
+    for k in range(part.shape[0]):
+        while i < full.shape[0] and not _same_values(full[i], part[k]):
+            i += 1
+        if i == full.shape[0]:
+            return None
+        rows.append(i)
+        i += 1
+    return rows
+
+
+def output_selector(result: Any, actual: Tensor) -> dict[str, Any] | None:
+    """How the compared ``actual`` was taken from a contract call's ``result``, or None if it was not.
+
+    ``{"output": None | k (the k-th tensor of a tuple result), "dtype": cast or None, "shape": reshape or None,
+    "rows": row indices (a mask or index on dim 0) or None}``: the output itself, cast (``.float()``), reshaped
+    (``.reshape(1)``), or some of its rows in order (``out[keep]``).
+    """
+    if isinstance(result, Tensor):
+        candidates = [(None, result)]
+    elif isinstance(result, (tuple, list)):
+        candidates = [(k, r) for k, r in enumerate(result) if isinstance(r, Tensor)]
+    else:
+        return None
+    for k, r in candidates:
+        r = r.detach().cpu()
+        try:
+            rc = r.to(actual.dtype)
+        except (RuntimeError, TypeError):
+            continue
+        cast = str(actual.dtype).removeprefix("torch.") if r.dtype != actual.dtype else None
+        if rc.numel() == actual.numel() and _same_values(rc.reshape(actual.shape), actual):
+            shape = list(actual.shape) if r.shape != actual.shape else None
+            return {"output": k, "dtype": cast, "shape": shape, "rows": None}
+        if rc.dim() >= 1 and rc.dim() == actual.dim() and rc.shape[1:] == actual.shape[1:] \
+                and actual.shape[0] < rc.shape[0]:
+            rows = _rows_subsequence(rc, actual)
+            if rows is not None:
+                return {"output": k, "dtype": cast, "shape": None, "rows": rows}
+    return None
+
+
+def _record_failure(exc: BaseException, rule: dict[str, Any], actual: dict[str, Tensor],
+                    expected: dict[str, Tensor], what: str) -> None:
+    """Note a failed comparison for --repro: the tensors compared, the rule, and the call that produced them."""
+    recorder = current_recorder()
+    if recorder is None:
+        return
+    actual = {k: cpu(v).clone() for k, v in actual.items() if isinstance(v, Tensor)}
+    expected = {k: cpu(v).clone() for k, v in expected.items() if isinstance(v, Tensor)}
+    call, selectors = None, None
+    for candidate in reversed(recorder.calls):  # the newest call whose output every compared tensor comes from
+        found = {k: output_selector(candidate["result"], v) for k, v in actual.items()}
+        if found and all(sel is not None for sel in found.values()):
+            call, selectors = candidate, found
+            break
+    recorder.failures.append({"exc": exc, "rule": rule, "actual": actual, "expected": expected, "what": what,
+                              "message": str(exc), "call": call if call is not None else
+                              (recorder.calls[-1] if recorder.calls else None), "selectors": selectors})
+    del recorder.failures[:-recorder.MAX_FAILURES]
+
+
+def _tolerance_rule(component: str, dtype: torch.dtype) -> dict[str, Any]:
+    rtol, atol = tolerance(component, dtype)
+    override = OVERRIDES.get(component, {}).get(dtype)
+    source = (f"spec/tolerances.py OVERRIDES[{component!r}][{dtype}]" if override is not None
+              else f"spec/tolerances.py DTYPE_TOLERANCES[{dtype}]")
+    return {"kind": "close", "component": component, "dtype": str(dtype).removeprefix("torch."), "rtol": rtol,
+            "atol": atol, "source": source, "formula": "|actual - expected| <= atol + rtol * |expected|, NaN never "
+            "equal"}
+
+
+def assert_close(actual: Tensor, expected: Tensor, component: str, msg: str = "") -> None:
+    """spec.tolerances.assert_close (the spec tolerance of `actual`'s dtype; `expected` may be float64)."""
+    __tracebackhide__ = True
+    try:
+        _spec_assert_close(actual, expected, component, msg)
+    except AssertionError as exc:
+        if current_recorder() is not None:
+            _record_failure(exc, _tolerance_rule(component, actual.dtype), {"output": actual},
+                            {"output": expected}, f"{component} {msg}".strip())
+        raise
+
+
 def assert_equal(actual: Tensor, expected: Tensor, what: str) -> None:
     """Exact equality for indices, labels and masks, with a message listing the first differences."""
+    __tracebackhide__ = True
+    try:
+        _assert_equal(actual, expected, what)
+    except AssertionError as exc:
+        if current_recorder() is not None:
+            _record_failure(exc, {"kind": "exact", "formula": "same shape, and actual (cast to the expected dtype) "
+                                  "== expected element by element"}, {"output": actual}, {"output": expected}, what)
+        raise
+
+
+def _assert_equal(actual: Tensor, expected: Tensor, what: str) -> None:
     __tracebackhide__ = True
     a, e = cpu(actual), cpu(expected)
     if a.shape != e.shape:
@@ -72,6 +180,21 @@ def assert_same_ranked(actual_rows: Tensor, actual_scores: Tensor, expected_rows
     ``score_tol``: there the spec leaves the order open, so the run's rows are compared as multisets (each
     expected row matched to a distinct actual row of the same run within ``row_tol``).
     """
+    __tracebackhide__ = True
+    try:
+        _assert_same_ranked(actual_rows, actual_scores, expected_rows, expected_scores, row_tol, score_tol, what)
+    except AssertionError as exc:
+        if current_recorder() is not None:
+            rule = {"kind": "same_ranked", "row_tol": list(row_tol), "score_tol": list(score_tol),
+                    "formula": "scores position by position within score_tol (rtol, atol); rows position by "
+                    "position within row_tol, as multisets inside runs of tied expected scores"}
+            _record_failure(exc, rule, {"rows": actual_rows, "scores": actual_scores},
+                            {"rows": expected_rows, "scores": expected_scores}, what)
+        raise
+
+
+def _assert_same_ranked(actual_rows: Tensor, actual_scores: Tensor, expected_rows: Tensor, expected_scores: Tensor,
+                        row_tol: tuple[float, float], score_tol: tuple[float, float], what: str) -> None:
     __tracebackhide__ = True
     a_rows, e_rows = cpu(actual_rows).double(), cpu(expected_rows).double()
     a_s, e_s = cpu(actual_scores).double(), cpu(expected_scores).double()

@@ -8,7 +8,7 @@ Options (group "detspec"):
                        leaves the earlier file or none, never half a file).
   --clause-table       print the clause table at the end of the run.
   --repro DIR          write each failing test's failing input as DIR/<test>.npz + DIR/<test>.json (issue 13;
-                       detspec/commands/repro.py has the format): the contract call of the implementation under test
+                       detspec/conformance/cases.py has the format): the contract call of the implementation under test
                        whose output failed a comparison helper of detspec/conformance/_util.py (for a hypothesis
                        property test, the shrunk example), the expected and actual outputs and the tolerance rule.
                        DIR is created if its parent exists; an existing case is never overwritten (the new one is
@@ -412,7 +412,9 @@ def _exceptions(exc: BaseException | None) -> list[BaseException]:
 
 def _write_repro(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -> str:
     """Write the failing test's case under --repro DIR; returns the line the run prints about it."""
-    from detspec.commands.repro import write_case  # imported late: numpy and the case format, only under --repro
+    # imported here, not at the top: detspec.conformance's modules must be first imported by pytest's
+    # assertion-rewriting import hook (the suite's own imports), not by the plugin while pytest starts
+    from detspec.conformance.cases import write_case
 
     recorder = getattr(item, "_detspec_recorder", None)
     item._detspec_recorder = None  # type: ignore[attr-defined]

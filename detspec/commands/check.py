@@ -4,7 +4,7 @@
                 [-k EXPR] [--workers N] [--timeout SECONDS] [-- PYTEST_ARGS...]
 
 --repro DIR (issue 13): each failing test writes its failing input, hypothesis-shrunk for a property test, as
-DIR/<test>.npz plus DIR/<test>.json (detspec/commands/repro.py: the format, and ``detspec repro`` to replay it).
+DIR/<test>.npz plus DIR/<test>.json (detspec/conformance/cases.py: the format; ``detspec repro`` replays it).
 
 --dtype (issue 16): fp32, the default, runs the ordinary suite. bf16 or fp16 runs only the low-precision tests
 (detspec/conformance/test_precision.py): continuous outputs against the float64 reference by the ratio rule,

@@ -36,7 +36,7 @@ def cpu(t: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------- repro recording (issue 13)
 # Under ``detspec check --repro DIR`` a failing comparison is recorded with the contract call whose output it
-# compared (detspec.impls.CallRecorder); the plugin writes it as a repro case (detspec/commands/repro.py). The
+# compared (detspec.impls.CallRecorder); the plugin writes it as a repro case (detspec/conformance/cases.py). The
 # helpers below behave exactly the same with or without recording.
 def _same_values(a: Tensor, b: Tensor) -> bool:
     if a.shape != b.shape:
@@ -182,7 +182,7 @@ def assert_same_ranked(actual_rows: Tensor, actual_scores: Tensor, expected_rows
     """
     __tracebackhide__ = True
     try:
-        _assert_same_ranked(actual_rows, actual_scores, expected_rows, expected_scores, row_tol, score_tol, what)
+        check_same_ranked(actual_rows, actual_scores, expected_rows, expected_scores, row_tol, score_tol, what)
     except AssertionError as exc:
         if current_recorder() is not None:
             rule = {"kind": "same_ranked", "row_tol": list(row_tol), "score_tol": list(score_tol),
@@ -193,7 +193,7 @@ def assert_same_ranked(actual_rows: Tensor, actual_scores: Tensor, expected_rows
         raise
 
 
-def _assert_same_ranked(actual_rows: Tensor, actual_scores: Tensor, expected_rows: Tensor, expected_scores: Tensor,
+def check_same_ranked(actual_rows: Tensor, actual_scores: Tensor, expected_rows: Tensor, expected_scores: Tensor,
                         row_tol: tuple[float, float], score_tol: tuple[float, float], what: str) -> None:
     __tracebackhide__ = True
     a_rows, e_rows = cpu(actual_rows).double(), cpu(expected_rows).double()

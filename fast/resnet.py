@@ -33,19 +33,13 @@ from torch import Tensor
 
 from fast.batch_norm import FrozenBatchNorm2d
 from layout import resnet as layout
+from layout.precision import active_autocast_dtype
 
 _CL = torch.channels_last
 
 
 def _channels_last(t: Tensor) -> Tensor:
     return t if t.is_contiguous(memory_format=_CL) else t.contiguous(memory_format=_CL)
-
-
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The low dtype autocast runs convs in on this device right now, or None (PRECISION.AUTOCAST)."""
-    if device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device.type):
-        return None
-    return torch.get_autocast_dtype(device.type)
 
 
 class Conv2d(layout.Conv2d):
@@ -64,7 +58,7 @@ class Conv2d(layout.Conv2d):
         if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
             w, b = self.norm.fold(self.weight)  # differentiable; not cached
             return _channels_last(w), b
-        low = _autocast_dtype(self.weight.device)  # under autocast: cache the folded conv already cast
+        low = active_autocast_dtype(self.weight.device)  # under autocast: cache the folded conv already cast
         try:
             key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
             key += (self.norm.eps, low)

@@ -187,8 +187,10 @@ def fast_rcnn_inference(boxes: Sequence[Tensor], scores: Sequence[Tensor], image
     num_classes = {s.shape[1] - 1 for s in scores}
     if len(num_classes) != 1:
         raise ValueError(f"scores must have the same K+1 columns in every image, got {sorted(num_classes)}")
-    return _inference_flat(torch.cat(list(boxes)), torch.cat(list(scores)), counts, image_sizes, score_thresh,
-                           nms_thresh, topk_per_image, min_box_size, drop_nonfinite)
+    flat_boxes, flat_scores = (boxes[0], scores[0]) if num_images == 1 else (torch.cat(list(boxes)),
+                                                                           torch.cat(list(scores)))
+    return _inference_flat(flat_boxes, flat_scores, counts, image_sizes, score_thresh, nms_thresh, topk_per_image,
+                           min_box_size, drop_nonfinite)
 
 
 def _inference_flat(boxes: Tensor, scores: Tensor, counts: list[int], image_sizes, score_thresh: float,

@@ -43,10 +43,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
+def active_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The low dtype autocast runs matmuls / convs in on this device right now, or None (autocast off, or a device
+    without autocast such as meta)."""
+    if device.type not in AUTOCAST_DEVICES or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 @contextlib.contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
     """PRECISION.GEOMETRY_FP32: autocast switched off (inside an autocast region or not)."""
-    if device.type in AUTOCAST_DEVICES and torch.is_autocast_enabled(device.type):
+    if active_autocast_dtype(device) is not None:
         with torch.autocast(device.type, enabled=False):
             yield
     else:

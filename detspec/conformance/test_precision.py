@@ -39,6 +39,7 @@ from detspec.conformance._util import (
     randomize_parameters,
     spec_iou,
 )
+from detspec.evaluation import reproduced_fraction
 from detspec.impls import NotImplementedComponent
 from spec.config import BASE_RCNN_FPN
 from spec.mvit import MVIT_B_16X4
@@ -533,20 +534,10 @@ def detector_case(reference_impl, precision_dtype):
 
 def _unmatched(dets: dict, ref: dict, min_iou: float = 0.9) -> int:
     """Detections of either list without a partner in the other (same class, box IoU >= min_iou), greedy
-    one-to-one in the reference's score order."""
-    b, c = cpu(dets["boxes"]).double(), cpu(dets["classes"]).long()
-    rb, rc = cpu(ref["boxes"]).double(), cpu(ref["classes"]).long()
-    if len(rb) == 0 or len(b) == 0:
-        return len(rb) + len(b)
-    iou = spec_iou(rb, b)
-    free = set(range(len(b)))
-    matched = 0
-    for e in range(len(rb)):
-        options = [a for a in free if int(c[a]) == int(rc[e]) and float(iou[e, a]) >= min_iou]
-        if options:
-            free.remove(max(options, key=lambda a: float(iou[e, a])))
-            matched += 1
-    return len(rb) - matched + len(free)
+    one-to-one in the reference's score order (detspec.evaluation.reproduced_fraction)."""
+    as_cpu = {k: cpu(dets[k]) for k in ("boxes", "scores", "classes")}
+    matched, total = reproduced_fraction({0: ref}, {0: as_cpu}, min_iou)
+    return total - matched + len(as_cpu["scores"]) - matched
 
 
 @pytest.mark.clause("PRECISION.DETECTOR")

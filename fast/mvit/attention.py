@@ -16,6 +16,7 @@ from torch import Tensor
 from fast.mvit.pooling import Pool
 from fast.mvit.rel_pos import rel_pos_bias
 from layout import mvit as layout
+from layout.precision import active_autocast_dtype
 from spec.mvit import check_tokens
 
 
@@ -46,13 +47,9 @@ class PoolingAttention(layout.PoolingAttention):
 
 
 def _attention_dtype(*tensors: Tensor) -> torch.dtype:
-    device = tensors[0].device.type
-    try:
-        autocast = torch.is_autocast_enabled(device)
-    except RuntimeError:  # a device type without autocast (meta)
-        autocast = False
-    if autocast:
-        return torch.get_autocast_dtype(device)
+    low = active_autocast_dtype(tensors[0].device)
+    if low is not None:
+        return low
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)

@@ -36,6 +36,7 @@ _LAZY = {
     "PoolingAttention": "fast.mvit",
     "MultiScaleBlock": "fast.mvit",
     "MViT": "fast.mvit",
+    "MViTDetBackbone": "fast.mvit_det",
     "select_proposals": "fast.proposals",
     "FasterRCNN": "fast.rcnn",
     "ResNetFPN": "fast.rcnn",

@@ -329,16 +329,22 @@ class MViT(nn.Module):
 
     def reset_parameters(self) -> None:
         """Truncated-normal(0.02) Linear weights and position tables, zero biases, unit LayerNorms (P1 App. D.1)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=self.cfg.init_std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears_and_norms(self, self.cfg.init_std)
         for p in self.pos_encoding.parameters():
             nn.init.trunc_normal_(p, std=self.cfg.init_std)
+
+
+def init_linears_and_norms(module: nn.Module, std: float) -> None:
+    """Every Linear of module: truncated-normal(std) weight, zero bias; every LayerNorm: weight one, bias zero
+    (P1 App. D.1; detectron2's MViTv2 the same, d2-spec §4.1)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -35,6 +35,7 @@ _LAZY = {
     "PoolingAttention": "reference.mvit",
     "MultiScaleBlock": "reference.mvit",
     "MViT": "reference.mvit",
+    "MViTDetBackbone": "reference.mvit_det",
     "select_proposals": "reference.proposals",
     "FasterRCNN": "reference.rcnn",
     "ResNetFPN": "reference.rcnn",

@@ -498,3 +498,7 @@ try:
 except ModuleNotFoundError as exc:  # not written yet in this checkout
     if exc.name != "spec.clauses_mvit":
         raise
+
+# ------------------------------------------------------------------------------------------------ MViTv2 detection
+# detectron2's MViTv2 backbones (issue 14): importing the module registers the MVITDET clauses.
+import spec.clauses_mvitdet  # noqa: E402, F401

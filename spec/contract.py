@@ -185,6 +185,7 @@ PLANNED: tuple[str, ...] = (
     "pad_images", "rpn_targets", "rpn_losses", "select_proposals",
     "BoxHead", "BoxPredictor",
     "ResNet", "FPN", "RPNHead", "RPN", "ROIHeads", "FasterRCNN", "PoolingAttention", "MultiScaleBlock", "MViT",
+    "MViTDetBackbone",
 )
 
 

@@ -1,6 +1,9 @@
 """Faster R-CNN checkpoints: load detectron2 and torchvision files into detspec's layout, save detspec files.
 
-Spec: d2-spec §5.1 (the R50-FPN state-dict layout, 295 tensors), §5.2 (Caffe2 renames: out of scope here).
+Spec: d2-spec §5.1 (the R50-FPN state-dict layout, 295 tensors), §5.2 (Caffe2 renames: out of scope here),
+d2-spec §5.3 and d2-spec §4.7 (detectron2's MViTv2 detectors: the same FPN and heads over an MViTv2 body;
+:func:`layout_config` tells the bodies apart by their keys, and a Mask R-CNN file's ``roi_heads.mask_head.*``
+tensors are dropped with a note).
 
 detspec's FasterRCNN has exactly detectron2's state-dict layout, so a detectron2 model-zoo file
 (``model_final_*.pkl``) needs no renaming, only reading and checking. A torchvision ``fasterrcnn_resnet50_fpn``
@@ -48,7 +51,7 @@ from torch import Tensor
 
 from detspec.io.fileio import UserError, atomic_save, check_output
 from layout.rcnn import FasterRCNN
-from spec.config import BASE_RCNN_FPN, FasterRCNNConfig
+from spec.config import BASE_RCNN_FPN, PROFILES, FasterRCNNConfig
 
 FORMAT = "detspec-faster-rcnn"  # the "format" entry of a file written by save_detspec
 SOURCES = ("auto", "detectron2", "torchvision", "detspec")
@@ -87,6 +90,22 @@ def expected_layout(num_classes: int = BASE_RCNN_FPN.roi_heads.num_classes, *,
     return dict(_layout(num_classes, cfg))
 
 
+_MVIT_KEY = "backbone.bottom_up.patch_embed.proj.weight"  # detectron2's MViTv2 body (d2-spec §5.3)
+_MVIT_PROFILES = {c.mvit.depth: c for c in PROFILES.values() if c.mvit is not None}
+
+
+def layout_config(state: Mapping[str, object], origin: str = "state dict") -> FasterRCNNConfig:
+    """The profile whose layout a detector state dict has: BASE_RCNN_FPN for the ResNet-50 body, detectron2-mvitv2-t,
+    -s or -b for an MViTv2 body (told apart by its block count: 10, 16, 24; d2-spec §4.2)."""
+    if _MVIT_KEY not in state:
+        return BASE_RCNN_FPN
+    depth = len({k.split(".")[3] for k in state if k.startswith("backbone.bottom_up.blocks.")})
+    if depth not in _MVIT_PROFILES:
+        known = ", ".join(f"{c.name} ({d} blocks)" for d, c in sorted(_MVIT_PROFILES.items()))
+        raise CheckpointError(f"{origin}: an MViTv2 backbone with {depth} blocks; detspec knows {known}")
+    return _MVIT_PROFILES[depth]
+
+
 def _infer_num_classes(state: Mapping[str, object], origin: str) -> int:
     cls = state.get("roi_heads.box_predictor.cls_score.weight")
     if cls is None:
@@ -105,22 +124,26 @@ def _listing(label: str, items: list[str]) -> list[str]:
 
 
 def check_layout(state: Mapping[str, Tensor], num_classes: int | None = None, *, origin: str = "state dict",
-                 hint: str = "") -> int:
-    """Check ``state`` against :func:`expected_layout`; return num_classes (inferred from cls_score if None).
+                 hint: str = "", cfg: FasterRCNNConfig | None = None) -> int:
+    """Check ``state`` against :func:`expected_layout` for ``cfg`` (default: :func:`layout_config` of the keys);
+    return num_classes (inferred from cls_score if None).
 
     Raises CheckpointError listing the first missing keys, unexpected keys and shape mismatches.
     """
     if num_classes is None:
         num_classes = _infer_num_classes(state, origin)
-    expected = expected_layout(num_classes)
+    cfg = cfg or layout_config(state, origin)
+    expected = expected_layout(num_classes, cfg=cfg)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {list(state[k].shape)} != expected {list(shape)}" for k, shape in expected.items()
              if k in state and tuple(state[k].shape) != shape]
     if missing or unexpected or wrong:
-        lines = [f"{origin} does not match detspec's R50-FPN Faster R-CNN layout (d2-spec §5.1: {len(expected)} "
-                 f"tensors for {num_classes} classes, e.g. backbone.bottom_up.stem.conv1.weight "
-                 f"{list(expected['backbone.bottom_up.stem.conv1.weight'])}):"]
+        body, section = ("R50-FPN", "d2-spec §5.1") if cfg.mvit is None else (f"{cfg.name} FPN",
+                                                                              "d2-spec §5.1, d2-spec §5.3")
+        first = next(iter(expected))
+        lines = [f"{origin} does not match detspec's {body} Faster R-CNN layout ({section}: {len(expected)} "
+                 f"tensors for {num_classes} classes, e.g. {first} {list(expected[first])}):"]
         lines += _listing("missing", missing) + _listing("unexpected", unexpected) + _listing("shape", wrong)
         if hint:
             lines.append(f"  hint: {hint}")
@@ -522,7 +545,12 @@ def _state_of(state: Mapping[str, object], origin: str, drop: re.Pattern | None 
 
 
 def _ordered(state: Mapping[str, Tensor], num_classes: int) -> dict[str, Tensor]:
-    return {k: state[k] for k in expected_layout(num_classes)}
+    return {k: state[k] for k in expected_layout(num_classes, cfg=layout_config(state))}
+
+
+# detectron2 Mask R-CNN files (the MViTv2 detectors are Mask R-CNNs, d2-spec §4.7) carry a mask branch that a box
+# detector does not use: its tensors are reported and dropped.
+_MASK_HEAD = re.compile(r"roi_heads\.mask_head\..*")
 
 
 def _from_detectron2(state: Mapping[str, object], meta: dict, origin: str,
@@ -531,6 +559,13 @@ def _from_detectron2(state: Mapping[str, object], meta: dict, origin: str,
     if _looks_caffe2(keys):
         raise CheckpointError(f"{origin} {_CAFFE2_MESSAGE}")
     tensors = _state_of(state, origin, drop=_LEGACY_EXTRAS)  # the extras are ignored, values unchecked
+    mask = [k for k in tensors if _MASK_HEAD.fullmatch(k)]
+    if mask:
+        for k in mask:
+            del tensors[k]
+        if notes is not None:
+            notes.append(f"dropped the mask branch ({len(mask)} roi_heads.mask_head.* tensors): detspec runs the box "
+                         "branch")
     hint = ""
     if _guess(keys) == "torchvision":
         hint = "this is a torchvision state dict: convert it with source='torchvision' (--from torchvision)"
@@ -746,5 +781,7 @@ def convert_main(src: str | Path, dst: str | Path, source: str) -> None:
     for note in notes:
         print(f"note: {src}: {note}")
     k = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    cfg = layout_config(state)
+    body = "" if cfg.mvit is None else f", MViTv2 body: profile {cfg.name}"
     print(f"wrote {dst}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} values, {k} classes "
-          f"(background last), from {source}")
+          f"(background last), from {source}{body}")

@@ -8,6 +8,7 @@ channels-last with FrozenBN folded; the RPN decodes only its top-k; the ROI head
 from __future__ import annotations
 
 from fast.fpn import FPN
+from fast.mvit_det import MViTDetBackbone
 from fast.preprocess import preprocess, scale_boxes
 from fast.resnet import ResNet
 from fast.roi_heads import ROIHeads, detector_postprocess
@@ -15,4 +16,5 @@ from fast.rpn import RPN
 from layout.rcnn import assemble
 
 ResNetFPN, FasterRCNN = assemble(__name__, resnet=ResNet, fpn=FPN, rpn=RPN, roi_heads=ROIHeads, preprocess=preprocess,
-                                 scale_boxes=scale_boxes, postprocess=detector_postprocess)
+                                 scale_boxes=scale_boxes, postprocess=detector_postprocess,
+                                 mvit=MViTDetBackbone)

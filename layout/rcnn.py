@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from layout import precision
 from layout.fpn import FPN
+from layout.mvit_det import MViTDetBackbone
 from layout.resnet import ResNet
 from layout.roi_heads import ROIHeads
 from layout.rpn import RPN
@@ -54,16 +55,23 @@ from spec.config import BASE_RCNN_FPN, FasterRCNNConfig
 
 
 class ResNetFPN(FPN):
-    """ResNet body as child ``bottom_up`` plus the FPN's own convs: [N, 3, H, W] -> {"p2": ..., "p6": ...}.
+    """The body as child ``bottom_up`` plus the FPN's own convs: [N, 3, H, W] -> {"p2": ..., "p6": ...}.
 
-    An implementation mixes it with its FPN (``class ResNetFPN(layout.rcnn.ResNetFPN, FPN)``) and sets
-    ``bottom_up_type`` to its ResNet; forward runs the ResNet, then that FPN's forward.
+    The body is the ResNet (``bottom_up_type``, from cfg.resnet), or detectron2's MViTv2 (``mvit_type``) when
+    cfg.mvit is set (profiles detectron2-mvitv2-t/s/b; d2-spec §4.7): its scale2..scale5 feed the same FPN, and its
+    keys sit under ``backbone.bottom_up.`` as in a detectron2 checkpoint. An implementation mixes this class with
+    its FPN (``class ResNetFPN(layout.rcnn.ResNetFPN, FPN)``) and sets ``bottom_up_type`` and ``mvit_type`` to its
+    own; forward runs the body, then that FPN's forward.
     """
 
     bottom_up_type: type[ResNet] = ResNet
+    mvit_type: type[MViTDetBackbone] = MViTDetBackbone
 
     def __init__(self, cfg: FasterRCNNConfig = BASE_RCNN_FPN):
-        bottom_up = self.bottom_up_type(cfg.resnet, in_channels=len(cfg.input.pixel_mean))
+        if cfg.mvit is not None:
+            bottom_up = self.mvit_type(cfg.mvit)
+        else:
+            bottom_up = self.bottom_up_type(cfg.resnet, in_channels=len(cfg.input.pixel_mean))
         super().__init__(cfg.fpn_in_channels, cfg.fpn)  # the FPN's convs first: detectron2's key order
         self.bottom_up = bottom_up
 
@@ -146,17 +154,17 @@ class FasterRCNN(nn.Module):
 
 def assemble(module: str, *, resnet: type[ResNet], fpn: type[FPN], rpn: type[RPN], roi_heads: type[ROIHeads],
              preprocess: Callable, scale_boxes: Callable, postprocess: Callable,
-             ) -> tuple[type[ResNetFPN], type[FasterRCNN]]:
+             mvit: type[MViTDetBackbone] = MViTDetBackbone) -> tuple[type[ResNetFPN], type[FasterRCNN]]:
     """An implementation's (ResNetFPN, FasterRCNN) classes from its components, defined as if in ``module``:
 
-    ResNetFPN(layout ResNetFPN, fpn) with bottom_up_type = resnet;
+    ResNetFPN(layout ResNetFPN, fpn) with bottom_up_type = resnet and mvit_type = mvit;
     FasterRCNN(layout FasterRCNN) with backbone_type = that ResNetFPN, proposal_generator_type = rpn,
     roi_heads_type = roi_heads, prepare = preprocess, scale_boxes, postprocess (see the module docstring).
     """
     backbone = type("ResNetFPN", (ResNetFPN, fpn), {
-        "__module__": module, "__qualname__": "ResNetFPN", "bottom_up_type": resnet,
-        "__doc__": f"{resnet.__module__}.ResNet as child ``bottom_up`` plus {fpn.__module__}.FPN: "
-                   "[N, 3, H, W] -> {'p2': ..., 'p6': ...}."})
+        "__module__": module, "__qualname__": "ResNetFPN", "bottom_up_type": resnet, "mvit_type": mvit,
+        "__doc__": f"{resnet.__module__}.ResNet (or {mvit.__module__}.MViTDetBackbone when cfg.mvit is set) "
+                   f"as child ``bottom_up`` plus {fpn.__module__}.FPN: [N, 3, H, W] -> {{'p2': ..., 'p6': ...}}."})
     model = type("FasterRCNN", (FasterRCNN,), {
         "__module__": module, "__qualname__": "FasterRCNN", "backbone_type": backbone,
         "proposal_generator_type": rpn, "roi_heads_type": roi_heads, "prepare": staticmethod(preprocess),

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from layout.rcnn import assemble
 from reference.fpn import FPN
+from reference.mvit_det import MViTDetBackbone
 from reference.preprocess import preprocess, scale_boxes
 from reference.resnet import ResNet
 from reference.roi_heads import ROIHeads, detector_postprocess
 from reference.rpn import RPN
 
 ResNetFPN, FasterRCNN = assemble(__name__, resnet=ResNet, fpn=FPN, rpn=RPN, roi_heads=ROIHeads, preprocess=preprocess,
-                                 scale_boxes=scale_boxes, postprocess=detector_postprocess)
+                                 scale_boxes=scale_boxes, postprocess=detector_postprocess,
+                                 mvit=MViTDetBackbone)

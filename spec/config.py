@@ -13,6 +13,8 @@ Two profiles are config *instances*, not code forks:
 
 - ``BASE_RCNN_FPN`` (alias ``DETECTRON2``): detectron2's faster_rcnn_R_50_FPN_1x, the spec.
 - ``TORCHVISION``: torchvision's ``fasterrcnn_resnet50_fpn``, used to cross-check end to end.
+- ``DETECTRON2_MVITV2_{T,S,B}``: detectron2's projects/MViTv2 detectors' box branch: the same FPN and heads over
+  an MViTv2 body (``mvit``, from ``spec.mvit_det``), RGB input with ImageNet statistics.
 
 Code never hard-codes these numbers: functions take keyword arguments whose defaults are read from here.
 """
@@ -23,10 +25,8 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-
-def cited(value: Any, source: str) -> Any:
-    """A dataclass field with a default and the place that number comes from."""
-    return field(default=value, metadata={"source": source})
+from spec.fields import cited
+from spec.mvit_det import MVITV2_B_DET, MVITV2_S_DET, MVITV2_T_DET, MViTDetConfig
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -271,14 +271,24 @@ class FasterRCNNConfig:
     roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    mvit: MViTDetConfig | None = cited(
+        None, "None: the ResNet body (cfg.resnet); an MViTDetConfig: detectron2's MViTv2 body instead "
+        "(projects/MViTv2/configs; d2-spec §4.7)")
+
+    @property
+    def body(self) -> str:
+        """The backbone body: "resnet" or the MViTv2 config's name."""
+        return "resnet" if self.mvit is None else self.mvit.name
 
     @property
     def fpn_in_channels(self) -> tuple[int, ...]:
-        """The ResNet channels of each FPN input (fpn.in_features): 256, 512, 1024, 2048."""
-        channels = self.resnet.stage_out_channels
+        """The body's channels of each FPN input (fpn.in_features): 256, 512, 1024, 2048 for the ResNet-50;
+        96, 192, 384, 768 for MViTv2-T/S/B."""
+        channels = self.resnet.stage_out_channels if self.mvit is None else self.mvit.stage_channels
         unknown = [f for f in self.fpn.in_features if f not in channels]
         if unknown:
-            raise ValueError(f"fpn.in_features names unknown ResNet stages {unknown}; stages are {list(channels)}")
+            raise ValueError(f"fpn.in_features names unknown {self.body} stages {unknown}; stages are "
+                             f"{list(channels)}")
         return tuple(channels[f] for f in self.fpn.in_features)
 
     @property
@@ -335,7 +345,31 @@ TORCHVISION = FasterRCNNConfig(
     ),
 )
 
-PROFILES: dict[str, FasterRCNNConfig] = {"detectron2": BASE_RCNN_FPN, "torchvision": TORCHVISION}
+
+def _mvitv2_rcnn(name: str, body: MViTDetConfig) -> FasterRCNNConfig:
+    """detectron2's projects/MViTv2 detector, box branch (mask_rcnn_mvitv2_*_3x.py on mask_rcnn_fpn.py): the
+    Base-RCNN-FPN FPN, RPN and box head over an MViTv2 body, RGB input with ImageNet statistics (d2-spec §4.2,
+    d2-spec §4.7)."""
+    return FasterRCNNConfig(
+        name=name,
+        input=replace(
+            InputConfig(),
+            format="RGB",  # mask_rcnn_mvitv2_t_3x.py model.input_format = "RGB"
+            pixel_mean=(123.675, 116.28, 103.53),  # constants.imagenet_rgb256_mean; d2-spec §4.2
+            pixel_std=(58.395, 57.12, 57.375),  # constants.imagenet_rgb256_std; d2-spec §4.2
+        ),
+        fpn=replace(FPNConfig(), in_features=body.out_features),  # backbone.in_features = bottom_up.out_features
+        mvit=body,
+    )
+
+
+DETECTRON2_MVITV2_T = _mvitv2_rcnn("detectron2-mvitv2-t", MVITV2_T_DET)
+DETECTRON2_MVITV2_S = _mvitv2_rcnn("detectron2-mvitv2-s", MVITV2_S_DET)
+DETECTRON2_MVITV2_B = _mvitv2_rcnn("detectron2-mvitv2-b", MVITV2_B_DET)
+
+PROFILES: dict[str, FasterRCNNConfig] = {
+    "detectron2": BASE_RCNN_FPN, "torchvision": TORCHVISION, DETECTRON2_MVITV2_T.name: DETECTRON2_MVITV2_T,
+    DETECTRON2_MVITV2_S.name: DETECTRON2_MVITV2_S, DETECTRON2_MVITV2_B.name: DETECTRON2_MVITV2_B}
 
 
 def get_profile(name: str) -> FasterRCNNConfig:

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from spec.config import cited
+from spec.fields import cited
 
 Triple = tuple[int, int, int]
 

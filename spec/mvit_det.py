@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from spec.config import cited
+from spec.fields import cited
 from spec.mvit import pooled_length
 
 Pair = tuple[int, int]

@@ -1,5 +1,9 @@
-"""``detspec detect IMAGE... --weights W|MODEL.onnx [--profile detectron2|torchvision] [--resize default|none]
+"""``detspec detect IMAGE... --weights W|MODEL.onnx [--profile PROFILE] [--resize default|none]
 [--out DIR] [--image-ids ANNOTATIONS.json|ID,ID,...]``.
+
+PROFILE is detectron2 (the default for a ResNet-50 body), torchvision, or detectron2-mvitv2-t/s/b: weights with an
+MViTv2 body (detectron2's projects/MViTv2 detectors, converted with `detspec convert --from detectron2`) pick their
+profile from their keys, and a --profile with another body is refused.
 
 Runs the Faster R-CNN on image files and writes, under --out (default ./detections):
   detections.json   COCO results ([{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]) in
@@ -54,13 +58,13 @@ from pathlib import Path
 
 import torch
 
-from detspec.checkpoints import load_checkpoint
+from detspec.checkpoints import layout_config, load_checkpoint
 from detspec.io.categories import CategoryMap, category_table
 from detspec.io.coco import detections_to_coco_results
 from detspec.io.fileio import UserError, atomic_write_json, check_output, load_json, naming_write_errors
 from detspec.io.images import draw, load_image, to_profile_format
 from layout.precision import DTYPE_CHOICES
-from spec.config import get_profile
+from spec.config import PROFILES, get_profile
 
 _MAX_LISTED = 5  # problems listed in one error message
 _ID_LIST = re.compile(r"\s*[0-9]+\s*(,\s*[0-9]+\s*)*")
@@ -179,9 +183,13 @@ def is_onnx(weights: str) -> bool:
 
 def _torch_model(args: argparse.Namespace):
     """(predict(image, path) -> detections, the input config, the category table) of a .pth/.pkl checkpoint."""
-    profile = args.profile or "detectron2"
-    cfg = get_profile(profile)
     state_dict = load_checkpoint(args.weights)
+    body = layout_config(state_dict)  # the ResNet-50 (detectron2's layout) or an MViTv2 body, by the keys
+    profile = args.profile or body.name
+    cfg = get_profile(profile)
+    if cfg.mvit != body.mvit:
+        raise UserError(f"--profile {profile} has the {cfg.body} body, but {args.weights} holds a {body.body} "
+                        f"detector; leave --profile out or give --profile {body.name}")
     key = "roi_heads.box_predictor.cls_score.weight"
     num_classes = int(state_dict[key].shape[0]) - 1
     impl = __import__(args.impl)
@@ -282,9 +290,10 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", required=True,
                    help="a detectron2 .pkl/.pth, a torchvision state dict, a `detspec convert` output, or an .onnx "
                         "model written by `detspec export` (run on ONNX Runtime)")
-    p.add_argument("--profile", choices=("detectron2", "torchvision"), default=None,
-                   help="the model's profile (default detectron2; for an .onnx model, the profile it was exported "
-                        "with, which --profile may repeat but not contradict)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default=None,
+                   help="the model's profile (default: detectron2, or detectron2-mvitv2-t/s/b for weights with an "
+                        "MViTv2 body, read off the keys; for an .onnx model, the profile it was exported with, which "
+                        "--profile may repeat but not contradict)")
     p.add_argument("--resize", choices=("default", "none"), default="default")
     p.add_argument("--out", default="detections",
                    help="output directory (default ./detections; created if only its last component is missing)")

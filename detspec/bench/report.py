@@ -21,8 +21,8 @@ import sys
 from collections import defaultdict
 from typing import Any
 
-IMPL_ORDER = ("reference", "reference-f64", "fast", "fast-bf16", "torchvision")
-BASELINES = ("torchvision", "reference", "reference-f64")
+IMPL_ORDER = ("reference", "reference-f64", "fast", "fast-bf16", "torchvision", "timm")
+BASELINES = ("torchvision", "timm", "reference", "reference-f64")  # timm: benchmarks/test_bench_mvit_det.py
 # low-precision runs of fast (PRECISION.AUTOCAST): their own speed-ups against fast (fp32) and the baselines
 LOW_PRECISION_IMPLS = ("fast-bf16",)
 # other_cpu_cores (CPU time other processes used, in cores, while a benchmark ran) above which a timing is

@@ -12,7 +12,7 @@ from detspec.io.fileio import atomic_save
 MACHINE_KEYS = ("cpu_model", "cpu_count", "cpu_bf16", "gpu_name", "torch_version", "torchvision_version",
                 "torch_num_threads", "bench_device")
 IMPL_COLOURS = {"reference": "#1f77b4", "reference-f64": "#9ecae1", "fast": "#2ca02c", "fast-bf16": "#98df8a",
-                "torchvision": "#ff7f0e"}
+                "torchvision": "#ff7f0e", "timm": "#9467bd"}
 
 
 def median(bench: dict[str, Any]) -> float:

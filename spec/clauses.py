@@ -474,6 +474,8 @@ _low("PRECISION.BACKBONE", "ResNet + FPN outputs under autocast follow the ratio
 _low("PRECISION.RPN_HEAD", "RPNHead logits and deltas under autocast follow the ratio rule", ("RPNHead",))
 _low("PRECISION.MVIT", "PoolingAttention outputs and MViT logits (reduced MViT-B 16x4) under autocast_dtype or "
      "autocast follow the ratio rule", ("PoolingAttention", "MViT"))
+_low("PRECISION.MVITDET", "detectron2's MViTv2-T backbone outputs (scale2..scale5, float32) under autocast_dtype or "
+     "autocast follow the ratio rule", ("MViTDetBackbone",))
 _low("PRECISION.DETECTOR", "the Faster R-CNN detector under autocast_dtype (or autocast) has at most "
      f"RATIO_RULE_FACTOR ({_RF}) x as many detections without a partner in the float64 reference's (same class, box "
      "IoU >= 0.9, one to one) as the reference detector under torch.autocast in the low dtype, plus one",

@@ -55,3 +55,6 @@ register("MVITDET.ANY_SIZE", "inputs of any size run (sides that are multiples o
          "H/32): window blocks cut Q and K/V into equally many windows, relative-position tables are resized on the "
          "fly (the stored ones keep their 224-input lengths); a custom config whose windows break that rule at some "
          "size refuses it with a one-line ValueError", "d2-spec §4.7", _BACKBONE)
+register("MVITDET.ERRORS", "a non-tensor or non-floating input is a TypeError and a batch that is not [N, 3, H, W] a "
+         "ValueError, each one line naming the argument and what was expected, raised before any compute",
+         "DESIGN.md conventions", _BACKBONE)

@@ -159,3 +159,11 @@ def test_an_mvitv2_body_of_unknown_depth_is_refused(detectron2_mvit_pkl):
     with pytest.raises(CheckpointError, match=r"an MViTv2 backbone with 9 blocks; detspec knows detectron2-mvitv2-t "
                                               r"\(10 blocks\)"):
         layout_config(state, "x.pkl")
+
+
+def test_export_refuses_an_mvitv2_detector_in_one_line(detectron2_mvit_pkl, tmp_path, capsys):
+    pkl, _ = detectron2_mvit_pkl
+    code = main(["export", str(pkl), str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "m.onnx").exists()
+    assert "is a detectron2-mvitv2-t detector (an MViTv2 body)" in err and "Traceback" not in err

@@ -52,7 +52,7 @@ def _export_detector(args: argparse.Namespace) -> int:
     weights, out = args.paths
     check_output(out, inputs=[weights], what="ONNX model")  # before reading the checkpoint
     _components()  # the onnx extra, with its one-line error
-    from detspec.checkpoints import load_checkpoint
+    from detspec.checkpoints import layout_config, load_checkpoint
     from detspec.io.categories import category_table
     from detspec.onnx.detector import export_detector
     from fast.rcnn import FasterRCNN
@@ -62,6 +62,10 @@ def _export_detector(args: argparse.Namespace) -> int:
     key = "roi_heads.box_predictor.cls_score.weight"
     if key not in state_dict:
         raise UserError(f"{weights}: not a Faster R-CNN checkpoint (no {key})")
+    body = layout_config(state_dict)
+    if body.mvit is not None:  # issue 14: the MViTv2 detectors run in PyTorch (detect), not yet as ONNX
+        raise UserError(f"{weights} is a {body.name} detector (an MViTv2 body); `detspec export` supports the "
+                        "ResNet-50 profiles (detectron2, torchvision) only: run it with `detspec detect`")
     num_classes = int(state_dict[key].shape[0]) - 1
     model = FasterRCNN(get_profile(args.profile), num_classes=num_classes).eval()
     model.load_state_dict(state_dict)

@@ -288,3 +288,17 @@ def test_a_config_that_breaks_the_window_rule_is_refused(impl):
     with pytest.raises(ValueError, match="block 0 cuts its") as err:
         model(torch.empty(1, 3, 160, 160, device="meta"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.clause("MVITDET.ERRORS")
+@pytest.mark.parametrize("bad, error, match", [
+    ([[0.0]], TypeError, "images must be a torch.Tensor, got list"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.int64), TypeError, "images must have a floating dtype, got torch.int64"),
+    (torch.zeros(3, 64, 64), ValueError, r"images must have shape \[N, 3, H, W\], got \[3, 64, 64\]"),
+    (torch.zeros(1, 1, 64, 64), ValueError, r"images must have shape \[N, 3, H, W\], got \[1, 1, 64, 64\]"),
+], ids=["list", "int64", "3-d", "1-channel"])
+def test_bad_inputs_are_one_line_errors(impl, bad, error, match):
+    model = _meta(impl, MVITV2_T_DET)
+    with pytest.raises(error, match=match) as err:
+        model(bad)
+    assert "\n" not in str(err.value)

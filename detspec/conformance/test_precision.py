@@ -43,6 +43,7 @@ from detspec.evaluation import reproduced_fraction
 from detspec.impls import NotImplementedComponent
 from spec.config import BASE_RCNN_FPN
 from spec.mvit import MVIT_B_16X4
+from spec.mvit_det import MVITV2_T_DET
 from spec.tolerances import DTYPE_TOLERANCES, discrete_tolerance, within_discrete_margin
 
 pytestmark = pytest.mark.low_precision
@@ -486,6 +487,39 @@ def test_mvit_logits_ratio_rule(impl, precision, device, mvit_case):
     with torch.no_grad(), (nullcontext() if own else torch.autocast(device.type, dtype=dt)):
         logits = model(clip_low.float().to(device))
     assert_ratio_rule(cpu(logits), naive, logits64, "mvit", dt, "MViT logits")
+
+
+# ------------------------------------------------------------------------------------------------ MViTv2 backbone
+MVITDET_IMAGE = (96, 160)  # windows zero-padded, global blocks resize their tables (MVITDET.ANY_SIZE)
+
+
+@pytest.fixture(scope="module")
+def mvitdet_case(reference_impl, precision_dtype):
+    dt = precision_dtype
+    ref = _randomize(reference_impl.MViTDetBackbone(MVITV2_T_DET).double().eval(), 49)
+    image_low, image64 = low(torch.randn(1, 3, *MVITDET_IMAGE, generator=_gen(50), dtype=torch.float64), dt)
+    with torch.no_grad():
+        out64 = ref(image64)
+        state = {k: v.float() for k, v in ref.state_dict().items()}
+        naive = _naive(ref, dt)(image_low)
+    return state, image_low, out64, naive
+
+
+@pytest.mark.clause("PRECISION.MVITDET", "PRECISION.RATIO_RULE", "PRECISION.OUTPUT_FP32")
+def test_mvitdet_backbone_ratio_rule(impl, precision, device, mvitdet_case):
+    dt = precision.dtype
+    state, image_low, out64, naive = mvitdet_case
+    own = _takes_autocast(impl.MViTDetBackbone)
+    model = (impl.MViTDetBackbone(MVITV2_T_DET, autocast_dtype=dt) if own else impl.MViTDetBackbone(MVITV2_T_DET))
+    model.load_state_dict(state)
+    model = model.eval().to(device)
+    with torch.no_grad(), (nullcontext() if own else torch.autocast(device.type, dtype=dt)):
+        out = model(image_low.float().to(device))
+    assert set(out) == set(out64)
+    for name in out64:
+        if own:
+            assert out[name].dtype == torch.float32, name  # PRECISION.OUTPUT_FP32
+        assert_ratio_rule(cpu(out[name]).float(), naive[name], out64[name], "mvit", dt, f"MViTv2-T {name}")
 
 
 # ================================================================================================ detector

@@ -9,7 +9,7 @@ from torch import Tensor
 from fast.mvit_det.attention import PoolingAttention
 from layout import mvit_det as layout
 from layout.precision import autocast, check_autocast_dtype, widen
-from spec.mvit_det import MVITV2_T_DET, MViTDetConfig
+from spec.mvit_det import MVITV2_T_DET, MViTDetConfig, check_image
 
 
 class MultiScaleBlock(layout.MultiScaleBlock):
@@ -27,6 +27,7 @@ class MViTDetBackbone(layout.MViTDetBackbone):
         self.autocast_dtype = check_autocast_dtype(autocast_dtype)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        check_image(images, self.cfg)  # MVITDET.ERRORS, before the channels-last copy
         if self.autocast_dtype is None:
             return super().forward(images.contiguous(memory_format=torch.channels_last))
         with autocast(images.device, self.autocast_dtype):

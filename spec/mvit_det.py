@@ -116,6 +116,13 @@ class MViTDetConfig:
     def __post_init__(self) -> None:
         _check_config(self)
         object.__setattr__(self, "blocks", _derive_blocks(self))
+        for b in self.blocks:  # configs detectron2 would crash on (a zero-width window, an empty table)
+            if b.window and min(b.q_window, b.kv_window) < 1:
+                raise ValueError(f"block {b.index}: window {b.window} is narrower than its strides (Q {b.stride_q}, "
+                                 f"K/V {b.stride_kv}); give a larger adaptive_window_size")
+            if b.rel_pos_length < 1:
+                raise ValueError(f"block {b.index}: img_size {self.img_size} leaves a {b.rel_pos_side}-token side "
+                                 "for the relative-position tables; give a larger img_size")
 
     # ------------------------------------------------------------------------------------------ helpers
     @property

@@ -1,10 +1,11 @@
 """detectron2 MViTv2 pooling attention, fast path (same definition as the reference: d2-spec §4.4-§4.5).
 
-x [N, H, W, dim] -> [N, H', W', dim_out]. Token-major throughout: the fused qkv output [N, H, W, 3, h, d] is split
-into views; each of Q, K, V is pooled for all heads by one grouped conv on a channels-last view (the shared
-d-channel filter repeated per head) and LayerNorm-ed over d; windows become a batch dimension (one pad and one
-permute copy per tensor); the relative positions are two batched matmuls against the gathered tables, broadcast into
-an additive mask for ``scaled_dot_product_attention``. No Python loops over windows, heads or tokens.
+x [N, H, W, dim] -> [N, H', W', dim_out]. Token-major throughout: Q, K and V come from three GEMMs on the fused qkv
+weight's row blocks, each contiguous [N, H, W, h, d], so each is pooled for all heads by one grouped conv on a
+channels-last view without a copy (the shared d-channel filter repeated per head), then LayerNorm-ed over d;
+windows become a batch dimension (one pad and one permute copy per tensor); the relative positions are two batched
+matmuls against the gathered tables, broadcast into an additive mask for ``scaled_dot_product_attention``. No
+Python loops over windows, heads or tokens.
 """
 
 from __future__ import annotations
@@ -68,7 +69,12 @@ class PoolingAttention(layout.PoolingAttention):
     def forward(self, x: Tensor) -> Tensor:
         n, hh, ww, _ = x.shape
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(n, hh, ww, 3, h, d).unbind(3)  # [N, H, W, h, d] views
+        # three GEMMs on the fused weight's row blocks: each of q, k, v comes out contiguous (channels-last for the
+        # pooling conv without a copy), where one fused GEMM would leave three strided views to copy
+        w, bias = self.qkv.weight, self.qkv.bias
+        c = h * d
+        q, k, v = (F.linear(x, w[i * c:(i + 1) * c], None if bias is None else bias[i * c:(i + 1) * c])
+                   .view(n, hh, ww, h, d) for i in range(3))
         q = pool(q, self.pool_q, self.norm_q, h)
         k = pool(k, self.pool_k, self.norm_k, h)
         v = pool(v, self.pool_v, self.norm_v, h)

@@ -9,7 +9,7 @@ Sources use these short forms:
 - ``seed RPN part N``       spec/text/seed.md (the notes the project started from)
 - ``tv:<file>``              torchvision's models/detection/<file> (the torchvision profile only)
 
-Two profiles are config *instances*, not code forks:
+The profiles are config *instances*, not code forks:
 
 - ``BASE_RCNN_FPN`` (alias ``DETECTRON2``): detectron2's faster_rcnn_R_50_FPN_1x, the spec.
 - ``TORCHVISION``: torchvision's ``fasterrcnn_resnet50_fpn``, used to cross-check end to end.

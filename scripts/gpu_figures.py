@@ -38,6 +38,10 @@ Figures (keys of ``figures`` in DIR/figures.json; every key is always present, h
 - ``mvit_b16_fp32``, ``mvit_b16_bf16``: MViT-B 16x4 (spec.mvit MVIT_CONFIGS["mvit_b_16x4"]) on
   [16, 3, 16, 224, 224], fast.MViT vs torchvision.models.video.mvit_v1_b (same weights): clips/s. fast's bf16
   is its own ``autocast_dtype=torch.bfloat16`` option, torchvision's ``torch.autocast``.
+- ``mvitv2_t_det_fp32``, ``mvitv2_t_det_bf16`` (issue 14): detectron2's MViTv2-T detection backbone
+  (spec.mvit_det MVITV2_T_DET) on [4, 3, 800, 1216], fast.mvit_det.MViTDetBackbone: images/s. No independent
+  windowed MViTv2 runs on the device, so the baseline is detspec's reference (fp32, one image per call, in the
+  note). Run after the CUDA graph figure: a broken context shows here as a recorded error.
 
 Timing: warm-up calls (they include Triton compilation), then per call: synchronize, CUDA event, call, CUDA
 event, synchronize; the median of N calls (so batch-1 latencies include host overhead and host syncs).
@@ -82,6 +86,8 @@ FIGURE_KEYS = (
     "mvit_b16_fp32",
     "mvit_b16_bf16",
     "rcnn_b1_bf16_cuda_graph",
+    "mvitv2_t_det_fp32",
+    "mvitv2_t_det_bf16",
 )
 
 # Memory bandwidth (bytes/s) by card name, for the ROIAlign figure (vendor figures).
@@ -93,6 +99,7 @@ FULL = dict(
     roi_hw=(800, 1216), roi_n=1000, roi=(10, 50),
     nms_groups=5, nms_per_group=1000, nms=(10, 50),
     graph=(3, 20), rpn_topk=None,
+    mvitdet_shape=(4, 3, 800, 1216), mvitdet=(2, 5),
 )
 SMOKE = dict(
     hw=(64, 64), batch_large=2, rcnn_b1=(0, 1), rcnn_bl=(0, 1),
@@ -100,6 +107,7 @@ SMOKE = dict(
     roi_hw=(64, 96), roi_n=64, roi=(1, 2),
     nms_groups=5, nms_per_group=200, nms=(1, 2),
     graph=(0, 1), rpn_topk=(200, 50),  # (pre, post) NMS proposals per image: a smaller ROI-head GEMM on the CPU
+    mvitdet_shape=(1, 3, 64, 96), mvitdet=(0, 1),
 )
 SEED = 0
 CHANNELS = 256
@@ -782,6 +790,58 @@ def fig_mvit(device: torch.device, cfg: dict[str, Any], smoke: bool, dtype: torc
     return result
 
 
+def fig_mvitdet(device: torch.device, cfg: dict[str, Any], dtype: torch.dtype | None) -> dict[str, Any]:
+    """detectron2's MViTv2-T backbone: fast (fp32 or its autocast_dtype) in images/s; the reference (fp32, one
+    image) as the baseline."""
+    import fast.mvit_det
+    import reference.mvit_det
+    from spec.mvit_det import MVITV2_T_DET
+
+    shape = cfg["mvitdet_shape"]
+    warmup, iters = cfg["mvitdet"]
+    if "mvitdet_fast" not in _MVIT:
+        torch.manual_seed(SEED)
+        ref = reference.mvit_det.MViTDetBackbone(MVITV2_T_DET).eval()
+        model = fast.mvit_det.MViTDetBackbone(MVITV2_T_DET).eval()
+        model.load_state_dict(ref.state_dict())
+        _MVIT["mvitdet_fast"], _MVIT["mvitdet_reference"] = model.to(device), ref.to(device)
+    model, ref = _MVIT["mvitdet_fast"], _MVIT["mvitdet_reference"]
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(SEED)).to(device)
+    result: dict[str, Any] = {"workload": {"input": list(shape), "dtype": "bf16" if dtype else "fp32",
+                                           "fast_bf16": "fast.mvit_det.MViTDetBackbone autocast_dtype"}}
+    outs = {}
+
+    def run_fast():
+        model.autocast_dtype = dtype
+        try:
+            def fn():
+                with torch.inference_mode():
+                    return model(images)
+            stats, outs["fast"] = measure(fn, device, warmup, iters)
+        finally:
+            model.autocast_dtype = None
+        return stats
+
+    def run_reference():
+        def fn():
+            with torch.inference_mode():
+                return ref(images[:1])
+        stats, outs["reference"] = measure(fn, device, min(warmup, 1), max(1, min(iters, 2)))
+        return stats
+
+    result["fast"] = guarded(run_fast, device)
+    if "median_ms" in result["fast"]:
+        result["fast"]["images_per_s"] = shape[0] / (result["fast"]["median_ms"] * 1e-3)
+    if dtype is None:
+        result["reference"] = guarded(run_reference, device)
+        if "median_ms" in result["reference"]:
+            result["reference"]["images_per_s"] = 1 / (result["reference"]["median_ms"] * 1e-3)
+        if len(outs) == 2:
+            result["max_abs_output_diff"] = max(float((outs["fast"][k][:1].float() - v.float()).abs().max())
+                                                for k, v in outs["reference"].items())
+    return result
+
+
 # ------------------------------------------------------------------------------------------------ report
 def _fmt(x: Any, digits: int = 1) -> str:
     if x is None:
@@ -856,6 +916,19 @@ def markdown(data: dict[str, Any]) -> str:
         elif key.startswith("rcnn_b"):
             row(key, "images/s", f.get("fast", {}), f.get("torchvision", {}), "images_per_s", 1, sp,
                 f"batch {f.get('workload', {}).get('batch')}")
+        elif key.startswith("mvitv2_t_det"):
+            fast_ips = f.get("fast", {}).get("images_per_s")
+            if key.endswith("bf16"):  # against fast fp32
+                fp32 = figs.get("mvitv2_t_det_fp32", {})
+                base = fp32.get("fast", {}).get("images_per_s") if isinstance(fp32, dict) else None
+                note = "speedup = vs fast fp32 (the row above)"
+            else:
+                base = f.get("reference", {}).get("images_per_s")
+                note = (f"speedup = vs detspec's reference (fp32, batch 1: "
+                        f"{_cell(f.get('reference', {}), 'images_per_s', 2)} images/s); max |fast - reference| "
+                        f"{_fmt(f.get('max_abs_output_diff'), 6)}")
+            row(key, "images/s", f.get("fast", {}), {}, "images_per_s", 2,
+                fast_ips / base if fast_ips and base else None, note)
         elif key.startswith("mvit"):
             row(key, "clips/s", f.get("fast", {}), f.get("torchvision", {}), "clips_per_s", 2, sp,
                 f"input {f.get('workload', {}).get('input')}")
@@ -944,8 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
         ("rcnn_b8_bf16", lambda: fig_rcnn(device, cfg, b8, torch.bfloat16)),
         ("mvit_b16_fp32", lambda: fig_mvit(device, cfg, args.smoke, None)),
         ("mvit_b16_bf16", lambda: fig_mvit(device, cfg, args.smoke, torch.bfloat16)),
-        ("rcnn_b1_bf16_cuda_graph",  # last: a failed capture may leave the context broken
+        ("rcnn_b1_bf16_cuda_graph",  # a failed capture may leave the context broken: only MViTv2 follows
          lambda: fig_cuda_graph(device, cfg, progress("rcnn_b1_bf16_cuda_graph"))),
+        ("mvitv2_t_det_fp32", lambda: fig_mvitdet(device, cfg, None)),
+        ("mvitv2_t_det_bf16", lambda: fig_mvitdet(device, cfg, torch.bfloat16)),
     ]
     for key, job in jobs:
         elapsed = time.perf_counter() - t_start

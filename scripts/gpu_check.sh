@@ -5,7 +5,7 @@
 #   1. install detspec (no deps: the device has torch, torchvision, triton, pytest, hypothesis)       <= 90 s
 #   2. the gpu-marked tests (Triton NMS and ROIAlign kernels on CUDA, CUDA dispatch, sync-free paths) <= 120 s
 #   3. the figures: scripts/gpu_figures.py (fast vs torchvision: Faster R-CNN, MViT, ROIAlign, NMS; MViTv2-T
-#      backbone vs reference; CUDA graph) -> $OUT/figures.json, $OUT/figures.md                                           <= 200 s
+#      backbone vs reference; CUDA graph) -> $OUT/figures.json, $OUT/figures.md                      <= 200 s
 #   4. the conformance suite on CUDA for reference and fast (clause report as JSON)                   <= 150 s
 # The figures replace the former pytest-benchmark step (detspec bench --device cuda); run that separately.
 # Record the figures, with the card's name (in $OUT/nvidia-smi.txt and figures.json), in BENCHMARKS.md.

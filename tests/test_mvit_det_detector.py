@@ -165,9 +165,41 @@ def test_an_mvitv2_body_of_unknown_depth_is_refused(detectron2_mvit_pkl):
         layout_config(state, "x.pkl")
 
 
-def test_export_refuses_an_mvitv2_detector_in_one_line(detectron2_mvit_pkl, tmp_path, capsys):
+def test_export_then_detect_on_onnx_runtime_matches_pytorch(detectron2_mvit_pkl, tmp_path, capsys):
+    """`detspec export` of the MViTv2-T detector (profile read off the keys; dynamic H, W), then `detspec detect`
+    on ONNX Runtime: the same detections as the PyTorch run of the same file, at two image sizes (one of them not
+    the export's example size, so the windows, the padding and the resized tables are all symbolic)."""
+    pytest.importorskip("onnxruntime")
     pkl, _ = detectron2_mvit_pkl
-    code = main(["export", str(pkl), str(tmp_path / "m.onnx")])
+    model = tmp_path / "mvitv2_t.onnx"
+    assert main(["export", str(pkl), str(model)]) == 0
+    assert "profile detectron2-mvitv2-t" in capsys.readouterr().out
+    rng = np.random.default_rng(2)
+    images = []
+    for i, (h, w) in enumerate([(96, 128), (150, 200)]):
+        p = tmp_path / f"{i + 1}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        images.append(str(p))
+    results = {}
+    for name, weights in (("pytorch", pkl), ("onnx", model)):
+        out = tmp_path / name
+        assert main(["detect", *images, "--weights", str(weights), "--resize", "none", "--out", str(out)]) == 0
+        results[name] = json.loads((out / "detections.json").read_text())
+    assert results["onnx"] and len(results["onnx"]) == len(results["pytorch"])
+    rtol, atol = tolerance("torchvision_equivalence_boxes", torch.float32)
+    remaining = list(results["onnx"])
+    for want in results["pytorch"]:  # one to one, by image and nearest box (near-equal scores may reorder)
+        same_image = [r for r in remaining if r["image_id"] == want["image_id"]]
+        r = min(same_image, key=lambda r: max(abs(a - b) for a, b in zip(r["bbox"], want["bbox"])))
+        remaining.remove(r)
+        assert r["category_id"] == want["category_id"]
+        assert r["bbox"] == pytest.approx(want["bbox"], rel=rtol, abs=max(atol, 1e-3))
+        assert r["score"] == pytest.approx(want["score"], rel=rtol, abs=max(atol, 1e-4))
+
+
+def test_export_refuses_a_profile_with_another_body(detectron2_mvit_pkl, tmp_path, capsys):
+    pkl, _ = detectron2_mvit_pkl
+    code = main(["export", str(pkl), str(tmp_path / "m.onnx"), "--profile", "torchvision"])
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "m.onnx").exists()
-    assert "is a detectron2-mvitv2-t detector (an MViTv2 body)" in err and "Traceback" not in err
+    assert "--profile torchvision has the resnet body" in err and "Traceback" not in err

@@ -1,4 +1,5 @@
-"""``detspec export WEIGHTS OUT.onnx [--profile detectron2|torchvision]``: the whole fast detector as ONNX;
+"""``detspec export WEIGHTS OUT.onnx [--profile PROFILE]``: the whole fast detector as ONNX (the ResNet-50
+profiles detectron2 and torchvision, and detectron2-mvitv2-t/s/b, whose profile is read off the keys);
 ``detspec export --component NAME OUT.onnx [--dtype float32|float64]``: one contract function as ONNX.
 
 The detector (detspec/onnx/detector.py) takes one normalized, padded image [1, 3, H, W] (H, W multiples of 32)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from detspec.io.fileio import UserError, check_output
+from spec.config import PROFILES, get_profile
 
 
 def _components():
@@ -56,25 +58,26 @@ def _export_detector(args: argparse.Namespace) -> int:
     from detspec.io.categories import category_table
     from detspec.onnx.detector import export_detector
     from fast.rcnn import FasterRCNN
-    from spec.config import get_profile
 
     state_dict = load_checkpoint(weights)
     key = "roi_heads.box_predictor.cls_score.weight"
     if key not in state_dict:
         raise UserError(f"{weights}: not a Faster R-CNN checkpoint (no {key})")
-    body = layout_config(state_dict)
-    if body.mvit is not None:  # issue 14: the MViTv2 detectors run in PyTorch (detect), not yet as ONNX
-        raise UserError(f"{weights} is a {body.name} detector (an MViTv2 body); `detspec export` supports the "
-                        "ResNet-50 profiles (detectron2, torchvision) only: run it with `detspec detect`")
+    body = layout_config(state_dict)  # the ResNet-50 or an MViTv2 body (issue 14), by the keys
+    profile = args.profile or body.name
+    cfg = get_profile(profile)
+    if cfg.mvit != body.mvit:
+        raise UserError(f"--profile {profile} has the {cfg.body} body, but {weights} holds a {body.body} detector; "
+                        f"leave --profile out or give --profile {body.name}")
     num_classes = int(state_dict[key].shape[0]) - 1
-    model = FasterRCNN(get_profile(args.profile), num_classes=num_classes).eval()
+    model = FasterRCNN(cfg, num_classes=num_classes).eval()
     model.load_state_dict(state_dict)
-    categories = category_table(num_classes, args.profile)
+    categories = category_table(num_classes, "torchvision" if profile == "torchvision" else "detectron2")
     try:
-        export_detector(model, out, args.profile, categories)
+        export_detector(model, out, profile, categories)
     except OSError as exc:
         raise UserError(f"{out}: cannot write the model ({exc.strerror or exc}); nothing was changed") from None
-    print(f"wrote {out}: Faster R-CNN, profile {args.profile}, {num_classes} classes (inputs batch [1, 3, H, W] "
+    print(f"wrote {out}: Faster R-CNN, profile {profile}, {num_classes} classes (inputs batch [1, 3, H, W] "
           f"with H, W multiples of 32 and upper [4]; outputs boxes, scores, classes)")
     return 0
 
@@ -114,8 +117,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     export.add_argument("paths", nargs="*", metavar="[WEIGHTS] OUT.onnx",
                         help="a detspec .pth / converted checkpoint and the output model; with --component, the "
                              "output model only")
-    export.add_argument("--profile", default="detectron2", choices=("detectron2", "torchvision"),
-                        help="the detector's profile (default detectron2)")
+    export.add_argument("--profile", default=None, choices=tuple(PROFILES),
+                        help="the detector's profile (default: detectron2, or detectron2-mvitv2-t/s/b for weights "
+                             "with an MViTv2 body, read off the keys)")
     export.add_argument("--component", metavar="NAME",
                         help="the contract function to export (pairwise_iou, nms, roi_align, ...; see --list)")
     export.add_argument("--dtype", default="float32", choices=("float32", "float64"),

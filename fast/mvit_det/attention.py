@@ -22,10 +22,20 @@ from layout.precision import active_autocast_dtype
 
 def rel_pos_index(q_len: int, k_len: int, device: torch.device) -> Tensor:
     """detectron2's row index (float32, this order of operations; truncated)."""
-    k_ratio = max(q_len / k_len, 1.0)
-    i = torch.arange(q_len, device=device)[:, None] * max(k_len / q_len, 1.0)
-    j = torch.arange(k_len, device=device)[None, :] * k_ratio
-    return ((i - j) + (k_len - 1) * k_ratio).long()
+    if isinstance(q_len, int) and isinstance(k_len, int):
+        k_ratio = max(q_len / k_len, 1.0)
+        i = torch.arange(q_len, device=device)[:, None] * max(k_len / q_len, 1.0)
+        j = torch.arange(k_len, device=device)[None, :] * k_ratio
+        return ((i - j) + (k_len - 1) * k_ratio).long()
+    # symbolic sizes (export): the ratios as float64 tensors rounded to float32, as Python floats are above
+    q64 = torch.arange(q_len, device=device, dtype=torch.float64)
+    k64 = torch.arange(k_len, device=device, dtype=torch.float64)
+    qn, kn = q64.numel() + q64.new_zeros(()), k64.numel() + k64.new_zeros(())
+    q_ratio = torch.clamp(kn / qn, min=1.0).float()
+    k_ratio64 = torch.clamp(qn / kn, min=1.0)
+    i = q64.float()[:, None] * q_ratio
+    j = k64.float()[None, :] * k_ratio64.float()
+    return ((i - j) + ((kn - 1) * k_ratio64).float()).long()
 
 
 def axis_table(table: Tensor, q_len: int, k_len: int, mode: str) -> Tensor:
@@ -50,7 +60,7 @@ def pool(x: Tensor, conv: torch.nn.Conv2d, norm: torch.nn.LayerNorm, heads: int)
 def to_windows(x: Tensor, size: int) -> tuple[Tensor, int, int]:
     """[B, H, W, h, d] -> ([B * nH * nW, h, size * size, d], nH, nW): zero-padded bottom/right, tiles row-major."""
     b, hh, ww, h, d = x.shape
-    nh, nw = math.ceil(hh / size), math.ceil(ww / size)
+    nh, nw = (hh + size - 1) // size, (ww + size - 1) // size  # ceil of non-negative ints (exportable)
     x = F.pad(x, (0, 0, 0, 0, 0, nw * size - ww, 0, nh * size - hh))
     x = x.view(b, nh, size, nw, size, h, d).permute(0, 1, 3, 5, 2, 4, 6)  # [B, nH, nW, h, s, s, d]
     return x.reshape(b * nh * nw, h, size * size, d), nh, nw

@@ -178,7 +178,11 @@ class MViTDetBackbone(nn.Module):
         return {n: (self.cfg.stage_channels[n], self.cfg.stage_strides[n]) for n in self._outputs.values()}
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        check_image(images, self.cfg)
+        check_image(images, self.cfg)  # MVITDET.ERRORS, MVITDET.ANY_SIZE
+        return self.features(images)
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """The stages on a checked batch: patch embedding, blocks, the output norms at each stage's end."""
         x = self.patch_embed(images)
         outputs = {}
         for i, block in enumerate(self.blocks):

@@ -752,6 +752,20 @@ def mvit_models(device: torch.device, smoke: bool, clip_thw: tuple[int, int, int
     return _MVIT["fast"], _MVIT["torchvision"]
 
 
+def measure_own_autocast(model: torch.nn.Module, x: Any, dtype: torch.dtype | None, device: torch.device,
+                         warmup: int, iters: int) -> tuple[dict[str, Any], Any]:
+    """measure(model(x)) under inference mode with the model's own ``autocast_dtype`` set to dtype for the calls
+    (fast's low-precision option), restored to None afterwards."""
+    model.autocast_dtype = dtype
+    try:
+        def fn():
+            with torch.inference_mode():
+                return model(x)
+        return measure(fn, device, warmup, iters)
+    finally:
+        model.autocast_dtype = None
+
+
 def fig_mvit(device: torch.device, cfg: dict[str, Any], smoke: bool, dtype: torch.dtype | None) -> dict[str, Any]:
     shape = cfg["mvit_shape"]
     warmup, iters = cfg["mvit"]
@@ -763,14 +777,7 @@ def fig_mvit(device: torch.device, cfg: dict[str, Any], smoke: bool, dtype: torc
     outs = {}
 
     def run_fast():
-        model.autocast_dtype = dtype
-        try:
-            def fn():
-                with torch.inference_mode():
-                    return model(clip)
-            stats, outs["fast"] = measure(fn, device, warmup, iters)
-        finally:
-            model.autocast_dtype = None
+        stats, outs["fast"] = measure_own_autocast(model, clip, dtype, device, warmup, iters)
         return stats
 
     def run_tv():
@@ -812,14 +819,7 @@ def fig_mvitdet(device: torch.device, cfg: dict[str, Any], dtype: torch.dtype | 
     outs = {}
 
     def run_fast():
-        model.autocast_dtype = dtype
-        try:
-            def fn():
-                with torch.inference_mode():
-                    return model(images)
-            stats, outs["fast"] = measure(fn, device, warmup, iters)
-        finally:
-            model.autocast_dtype = None
+        stats, outs["fast"] = measure_own_autocast(model, images, dtype, device, warmup, iters)
         return stats
 
     def run_reference():

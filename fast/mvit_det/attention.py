@@ -10,8 +10,6 @@ Python loops over windows, heads or tokens.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

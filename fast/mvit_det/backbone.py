@@ -28,8 +28,9 @@ class MViTDetBackbone(layout.MViTDetBackbone):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         check_image(images, self.cfg)  # MVITDET.ERRORS, before the channels-last copy
+        images = images.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is None:
-            return super().forward(images.contiguous(memory_format=torch.channels_last))
+            return self.features(images)
         with autocast(images.device, self.autocast_dtype):
-            out = super().forward(images.contiguous(memory_format=torch.channels_last))
+            out = self.features(images)
         return {k: widen(v) for k, v in out.items()}
